@@ -1,0 +1,70 @@
+# lifeboat: `make backup` (a real backup; a demo database when DATABASE_URL is
+# unset) and `make test` (the whole suite). See README.md.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+DEMO_DIR := $(CURDIR)/.demo
+
+# Debian packages the tests use, as package:probe pairs.
+TEST_SYSTEM_DEPS := postgresql-15:/usr/lib/postgresql/*/bin/initdb postgresql-client:pg_dump \
+	logrotate:logrotate cron:cron faketime:faketime
+
+.PHONY: help setup setup-test backup test test-unit test-integration lint bench clean demo-stop
+
+help:
+	@echo "make setup     create .venv with pinned dependencies and the lifeboat CLI"
+	@echo "make backup    back up \$$DATABASE_URL (or an embedded demo database) with playbooks/backup.yml"
+	@echo "make test      lint + unit + integration tests against real servers"
+	@echo "make bench     benchmarks (about 1 GB of generated data; several minutes)"
+	@echo "make lint      ruff + ansible-lint (production profile)"
+
+$(VENV)/.runtime: requirements/runtime.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements/runtime.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements/dev.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements/dev.txt
+	@touch $@
+
+setup: $(VENV)/.runtime
+
+setup-test: $(VENV)/.dev
+	@tools/system-deps.sh $(TEST_SYSTEM_DEPS)
+
+backup: setup
+	@if [[ -z "$${DATABASE_URL:-}" ]]; then \
+		echo "DATABASE_URL is not set: using the demo database in .demo/ (make demo-stop stops it)"; \
+		tools/system-deps.sh postgresql-15:/usr/lib/postgresql/*/bin/initdb; \
+		export DATABASE_URL="$$($(BIN)/python tools/pgcluster.py demo-url $(DEMO_DIR))"; \
+	fi; \
+	ansible-playbook playbooks/backup.yml $(ARGS)
+
+demo-stop:
+	@$(BIN)/python tools/pgcluster.py demo-stop $(DEMO_DIR)
+
+lint: setup-test
+	ruff check .
+	ruff format --check module_utils library tests bench tools
+	ansible-lint --profile production
+
+test-unit: setup-test
+	pytest -q tests/unit
+
+test-integration: setup-test
+	pytest -q tests/integration
+
+test: setup-test lint
+	pytest -q -p no:cacheprovider tests
+
+bench: setup-test
+	python bench/run.py
+
+clean: demo-stop
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

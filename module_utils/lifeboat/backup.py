@@ -1,0 +1,198 @@
+"""Backups end to end: preflight, dump, publish, verify, retention.
+
+`run` backs up every configured database independently (one failing does
+not stop the others) and returns one result per database. `plan` answers
+the same question without touching anything (check mode, --dry-run).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from . import compress, dump, lock, naming, pg, retention, verify
+from . import manifest as manifests
+from .errors import LifeboatError, VersionMismatch
+from .settings import Settings, Target
+from .store import Entry, LocalStore
+
+log = logging.getLogger("lifeboat")
+
+
+@dataclass
+class Result:
+    """The outcome for one database; `error`/`hint` are set when it failed."""
+
+    database: str
+    type: str
+    ok: bool = False
+    file: str = ""
+    size: int = 0
+    sha256: str = ""
+    duration: float = 0.0
+    deleted: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str = ""
+    hint: str = ""
+    error_type: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if not self.ok:
+            return f"{self.database} {self.type}: FAILED: {self.error} {self.hint}".strip()
+        pruned = f", retention deleted {len(self.deleted)}" if self.deleted else ""
+        return (f"{self.database} {self.type}: {self.file} ({human_size(self.size)}, "
+                f"{self.duration:.1f}s{pruned})")
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def store_for(settings: Settings) -> LocalStore:
+    return LocalStore(settings.backup_dir)
+
+
+def dump_options(settings: Settings) -> dump.DumpOptions:
+    level = settings.compression_level
+    if settings.format == "plain":
+        level = compress.check(settings.compression, level)
+    return dump.DumpOptions(fmt=settings.format, compression=settings.compression,
+                            level=level, jobs=settings.jobs,
+                            threads=settings.threads, pg_bin_dir=settings.pg_bin_dir,
+                            extra_args=settings.pg_dump_args)
+
+
+def run(settings: Settings, backup_type: str = "daily", now: datetime | None = None,
+        progress=None) -> list[Result]:
+    """Back up every configured database; never raises for one database's failure."""
+    naming.check_type(backup_type)
+    results = []
+    for target in settings.targets:
+        result = Result(target.label, backup_type)
+        started = time.monotonic()
+        try:
+            backup_one(settings, target, backup_type, result, now=now, progress=progress)
+            result.ok = True
+        except LifeboatError as exc:
+            result.error, result.hint, result.error_type = exc.message, exc.hint, type(exc).__name__
+        result.duration = time.monotonic() - started
+        if result.ok:
+            log.info("backup ok: %s", result.summary())
+        else:
+            log.error("backup failed: %s", result.summary())
+        results.append(result)
+    return results
+
+
+def backup_one(settings: Settings, target: Target, backup_type: str, result: Result,
+               now: datetime | None = None, progress=None) -> None:
+    """Dump one database into the store; fills `result`; raises LifeboatError."""
+    store = store_for(settings)
+    opts = dump_options(settings)
+    pg_dump = pg.find_tool("pg_dump", settings.pg_bin_dir)
+    store.prepare(backup_type)
+    with lock.hold(store.lock_dir(), target.label):
+        for leftover in store.remove_partials(target.label):
+            log.warning("removed leftover of an interrupted run: %s", leftover)
+        with pg.connect(target.conn) as db:
+            server_version = pg.server_version(db)
+            estimates = pg.table_estimates(db)
+        client_version = pg.tool_version(pg_dump)
+        if pg.major(client_version) < pg.major(server_version):
+            raise VersionMismatch(
+                f"pg_dump {client_version} is older than the server ({server_version}) "
+                f"of {target.conn.where()}.",
+                "Install postgresql-client of the server's major version or newer, "
+                "or set lifeboat_pg_bin_dir.")
+        started = now or utcnow()
+        bname = store.unique_name(naming.build(
+            target.label, backup_type, started, naming.extension(opts.fmt, opts.compression)))
+        log.info("backup started: %s -> %s", target.conn.where(), store.abspath(bname.path))
+        upload = store.begin(bname)
+        try:
+            if opts.fmt == "directory":
+                produced = dump.directory_dump(target.conn, opts, upload.directory())
+            else:
+                produced = dump.stream_dump(target.conn, opts, upload.open_file(), progress)
+            finished = utcnow() if now is None else started
+            rows_exact = produced.rows is not None
+            manifest = manifests.build(
+                file=bname.name, database=target.conn.dbname, label=target.label,
+                url=target.conn.url(), backup_type=backup_type, fmt=opts.fmt,
+                compression=opts.compression, level=opts.level, dump=produced,
+                server_version=server_version, started=started, finished=finished,
+                tables=produced.rows if rows_exact else estimates, rows_exact=rows_exact)
+            if opts.fmt != "plain":
+                # Archives are checked by pg_restore before they count.
+                verify.verify_file(upload.partial, manifest, settings.pg_bin_dir)
+            upload.commit(manifest)
+        except BaseException:
+            upload.abort()
+            raise
+        result.file = store.abspath(bname.path)
+        result.size = produced.size
+        result.sha256 = produced.sha256
+        try:
+            result.deleted = prune(store, store.list(), settings.retention, now or utcnow(),
+                                   [backup_type], target.label)
+        except LifeboatError as exc:
+            # The new backup is good; an old one lingering is the lesser harm.
+            result.warnings.append(f"Retention skipped: {exc}")
+            log.warning("retention skipped for %s: %s", target.label, exc)
+
+
+def candidates(entries: list[Entry]) -> list[retention.Candidate]:
+    return [retention.Candidate(e.key, e.name.label, e.name.type, e.name.created, e.complete)
+            for e in entries]
+
+
+def prune(store, entries: list[Entry], policy: dict, now: datetime,
+          types: list[str] | None = None, label: str | None = None,
+          dry_run: bool = False) -> list[str]:
+    """Apply retention to listed entries; returns what was (or would be) deleted."""
+    scoped = [e for e in entries if label is None or e.name.label == label]
+    doomed = {c.key for c in retention.plan(candidates(scoped), policy, now, types)}
+    deleted = []
+    for entry in scoped:
+        if entry.key in doomed:
+            if not dry_run:
+                store.delete(entry)
+                log.info("retention deleted %s", entry.location)
+            deleted.append(entry.location)
+    return deleted
+
+
+def plan(settings: Settings, backup_type: str = "daily", now: datetime | None = None) -> list[dict]:
+    """What `run` would do, touching nothing: the file per database and what retention drops."""
+    naming.check_type(backup_type)
+    store = store_for(settings)
+    now = now or utcnow()
+    entries = store.list()
+    planned = []
+    for target in settings.targets:
+        bname = store.unique_name(naming.build(
+            target.label, backup_type, now, naming.extension(settings.format, settings.compression)))
+        pending = retention.Candidate("new", target.label, backup_type, now, True)
+        scoped = [e for e in entries if e.name.label == target.label]
+        doomed = {c.key for c in retention.plan(candidates(scoped) + [pending],
+                                                settings.retention, now, [backup_type])}
+        planned.append({
+            "database": target.label,
+            "type": backup_type,
+            "file": store.abspath(bname.path),
+            "would_delete": [e.location for e in scoped if e.key in doomed],
+        })
+    return planned

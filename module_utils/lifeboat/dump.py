@@ -1,0 +1,334 @@
+"""The streaming dump pipeline: pg_dump stdout -> compressor -> sha256 -> sink.
+
+Memory stays constant (one chunk in flight per stage) and no temporary copy
+of the dump is made. While the plain SQL streams past we also check its
+header and completion trailer and count the rows of every COPY block, so the
+manifest carries exact per-table row counts taken from the dump's own
+snapshot, which a restore can be verified against.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable
+
+from . import compress, pg
+from .conninfo import ConnInfo, client_env, redact
+from .errors import DiskFull, DumpFailed, LifeboatError, StorageError
+
+log = logging.getLogger("lifeboat")
+
+CHUNK = 1 << 20
+PLAIN_HEADER = b"-- PostgreSQL database dump"
+PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
+CUSTOM_MAGIC = b"PGDMP"
+_COPY_HEADER = re.compile(rb"^COPY (.+?) (?:\(.*\) )?FROM stdin;$")
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+Progress = Callable[[int, int], None]  # (bytes read from pg_dump, bytes written)
+
+
+class HashingWriter:
+    """Counts and hashes what passes through to `target`."""
+
+    def __init__(self, target: BinaryIO):
+        self.target = target
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        self.target.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+class CopyCounter:
+    """Counts data rows per table in a plain-format dump, chunk by chunk.
+
+    Tables are keyed as pg_dump names them (`schema.table`, quoted where
+    needed). Data rows never start with `\\.` (COPY escapes backslashes), so
+    the terminator line is unambiguous.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        self._table: str | None = None
+        self._count = 0
+        self._carry = b""  # start of an unfinished line from the previous chunk
+
+    def feed(self, data: bytes) -> None:
+        start = 0
+        if self._carry:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._carry = self._keep(self._carry + data)
+                return
+            self._line(self._carry + data[: nl + 1])
+            self._carry = b""
+            start = nl + 1
+        self._scan(data, start)
+
+    def _keep(self, partial: bytes) -> bytes:
+        # Inside COPY only the first bytes matter (is it the terminator?);
+        # outside, only a line that may be a COPY header is kept whole.
+        if self._table is not None:
+            return partial[:4]
+        return partial if b"COPY "[: len(partial)] == partial[:5] else b"--"
+
+    def _line(self, line: bytes) -> None:
+        if self._table is not None:
+            if line == b"\\.\n":
+                self._end()
+            else:
+                self._count += 1
+        else:
+            self._header(line.rstrip(b"\n"))
+
+    def _header(self, line: bytes) -> None:
+        match = _COPY_HEADER.match(line)
+        if match:
+            self._table = match.group(1).decode("utf-8", "replace")
+            self._count = 0
+
+    def _end(self) -> None:
+        self.rows[self._table] = self.rows.get(self._table, 0) + self._count
+        self._table = None
+
+    def _scan(self, data: bytes, pos: int) -> None:
+        end = len(data)
+        while pos < end:
+            if self._table is not None:
+                idx = data.find(b"\\.\n", pos)
+                while idx > pos and data[idx - 1] != 0x0A:
+                    idx = data.find(b"\\.\n", idx + 1)
+                if idx < 0:
+                    last = data.rfind(b"\n", pos)
+                    if last >= 0:
+                        self._count += data.count(b"\n", pos, last + 1)
+                        pos = last + 1
+                    if pos < end:
+                        self._carry = self._keep(data[pos:])
+                    return
+                self._count += data.count(b"\n", pos, idx)
+                self._end()
+                pos = idx + 3
+            else:
+                if data.startswith(b"COPY ", pos):
+                    idx = pos
+                else:
+                    idx = data.find(b"\nCOPY ", pos)
+                    idx = idx + 1 if idx >= 0 else -1
+                if idx < 0:
+                    last = data.rfind(b"\n", pos)
+                    pos = last + 1 if last >= 0 else pos
+                    if pos < end:
+                        self._carry = self._keep(data[pos:])
+                    return
+                nl = data.find(b"\n", idx)
+                if nl < 0:
+                    self._carry = self._keep(data[idx:])
+                    return
+                self._header(data[idx:nl])
+                pos = nl + 1
+
+    @property
+    def complete(self) -> bool:
+        return self._table is None
+
+
+@dataclass
+class DumpResult:
+    """What the pipeline produced; `rows` is exact for plain format, else None."""
+
+    size: int = 0
+    sha256: str = ""
+    uncompressed_size: int = 0
+    rows: dict[str, int] | None = None
+    pg_dump_version: str = ""
+    duration: float = 0.0
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DumpOptions:
+    fmt: str = "plain"
+    compression: str = "gzip"
+    level: int | None = None
+    jobs: int = 1
+    threads: int = 2
+    pg_bin_dir: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+def pg_dump_argv(pg_dump: str, conn: ConnInfo, opts: DumpOptions, out_dir: str | None) -> list[str]:
+    """pg_dump arguments: the URL without password, never a shell string."""
+    argv = [pg_dump, "--no-password", f"--dbname={conn.url()}", f"--format={opts.fmt}"]
+    if opts.fmt == "plain":
+        pass  # compression is ours, streamed
+    elif opts.compression == "none":
+        argv.append("--compress=0")
+    elif opts.level is not None:
+        argv.append(f"--compress={opts.level}")
+    if opts.fmt == "directory":
+        argv += [f"--jobs={max(1, opts.jobs)}", f"--file={out_dir}"]
+    argv += list(opts.extra_args)
+    return argv
+
+
+def stream_dump(conn: ConnInfo, opts: DumpOptions, sink: BinaryIO,
+                progress: Progress | None = None) -> DumpResult:
+    """Dump `conn` as plain or custom format into `sink`; check the output."""
+    pg_dump = pg.find_tool("pg_dump", opts.pg_bin_dir)
+    result = DumpResult(pg_dump_version=pg.tool_version(pg_dump))
+    started = time.monotonic()
+    hasher = HashingWriter(sink)
+    codec = opts.compression if opts.fmt == "plain" else "none"
+    counter = CopyCounter() if opts.fmt == "plain" else None
+    head = b""
+    tail = b""
+    with client_env(conn) as env, tempfile.TemporaryFile() as errfile:
+        proc = subprocess.Popen(pg_dump_argv(pg_dump, conn, opts, None), stdout=subprocess.PIPE,
+                                stderr=errfile, stdin=subprocess.DEVNULL, env=env)
+        try:
+            _grow_pipe(proc.stdout)
+            writer = compress.compressor(hasher, codec, compress.check(codec, opts.level)
+                                         if codec != "none" else 0, opts.threads)
+            last_report = started
+            while True:
+                chunk = proc.stdout.read(CHUNK)
+                if not chunk:
+                    break
+                result.uncompressed_size += len(chunk)
+                if len(head) < 4096:
+                    head += chunk[: 4096 - len(head)]
+                tail = (tail + chunk)[-4096:] if len(chunk) < 4096 else chunk[-4096:]
+                if counter:
+                    counter.feed(chunk)
+                writer.write(chunk)
+                now = time.monotonic()
+                if progress and now - last_report >= 0.5:
+                    progress(result.uncompressed_size, hasher.size)
+                    last_report = now
+            writer.close()
+            returncode = proc.wait()
+        except OSError as exc:
+            _kill(proc)
+            raise _write_error(exc) from None
+        except BaseException:
+            _kill(proc)
+            raise
+        finally:
+            proc.stdout.close()
+        errfile.seek(0)
+        stderr = redact(errfile.read().decode("utf-8", "replace"), conn.password)
+    hasher.flush()
+    if returncode != 0:
+        raise _dump_error(returncode, stderr, conn)
+    if stderr.strip():
+        log.warning("pg_dump said: %s", stderr.strip())
+    _check_stream(opts.fmt, head, tail, result.uncompressed_size, counter, conn)
+    if progress:
+        progress(result.uncompressed_size, hasher.size)
+    result.size = hasher.size
+    result.sha256 = hasher.sha256.hexdigest()
+    result.rows = dict(counter.rows) if counter else None
+    result.duration = time.monotonic() - started
+    return result
+
+
+def directory_dump(conn: ConnInfo, opts: DumpOptions, out_dir: str) -> DumpResult:
+    """Dump in directory format (parallel with --jobs) into `out_dir` (must not exist)."""
+    pg_dump = pg.find_tool("pg_dump", opts.pg_bin_dir)
+    result = DumpResult(pg_dump_version=pg.tool_version(pg_dump))
+    started = time.monotonic()
+    with client_env(conn) as env:
+        proc = subprocess.run(pg_dump_argv(pg_dump, conn, opts, out_dir), capture_output=True,
+                              stdin=subprocess.DEVNULL, env=env, check=False)
+    stderr = redact(proc.stderr.decode("utf-8", "replace"), conn.password)
+    if proc.returncode != 0:
+        raise _dump_error(proc.returncode, stderr, conn)
+    result.sha256, result.size, result.files = tree_digest(out_dir)
+    result.duration = time.monotonic() - started
+    return result
+
+
+def tree_digest(root: str) -> tuple[str, int, list[str]]:
+    """sha256 over a directory dump: each file's name and content, in name order."""
+    digest = hashlib.sha256()
+    total = 0
+    names = sorted(os.listdir(root))
+    for name in names:
+        file_hash = hashlib.sha256()
+        with open(os.path.join(root, name), "rb") as fh:
+            while block := fh.read(CHUNK):
+                file_hash.update(block)
+                total += len(block)
+        digest.update(f"{name}\0{file_hash.hexdigest()}\n".encode())
+    return digest.hexdigest(), total, names
+
+
+_DISK_HINT = ("Free space (`df -h`), lower lifeboat_retention, or point lifeboat_backup_dir "
+              "at a larger disk.")
+
+
+def _write_error(exc: OSError) -> LifeboatError:
+    if exc.errno == 28:  # ENOSPC
+        return DiskFull("Failed to write backup: disk full (No space left on device).", _DISK_HINT)
+    return StorageError(f"Failed to write backup: {exc.strerror or exc}.",
+                        "Check that the backup directory is writable by this user.")
+
+
+def _dump_error(returncode: int, stderr: str, conn: ConnInfo) -> LifeboatError:
+    text = stderr.strip()
+    if returncode < 0:
+        return DumpFailed(f"pg_dump of {conn.where()} was killed by signal {-returncode}.",
+                          "Nothing was kept. Check for the OOM killer (`dmesg`) or an operator "
+                          "stopping it, then run the backup again.")
+    if "No space left on device" in text:
+        return DiskFull("Failed to write backup: disk full (No space left on device).", _DISK_HINT)
+    return pg.explain(text, conn, "dump") or DumpFailed(
+        f"pg_dump of {conn.where()} failed (exit {returncode}): {text}",
+        "Nothing was kept. Check the server log, then run the backup again.")
+
+
+def _check_stream(fmt: str, head: bytes, tail: bytes, size: int, counter, conn) -> None:
+    where = conn.where()
+    if size == 0:
+        raise DumpFailed(f"pg_dump of {where} produced no output.",
+                         "Nothing was kept. Run pg_dump by hand to see why.")
+    if fmt == "plain":
+        if PLAIN_HEADER not in head[:1024]:
+            raise DumpFailed(f"Dump of {where} lacks the 'PostgreSQL database dump' header.",
+                             "Nothing was kept. Check that pg_dump is PostgreSQL's.")
+        if PLAIN_TRAILER not in tail[-512:] or not counter.complete:
+            raise DumpFailed(f"Dump of {where} is truncated: no 'dump complete' trailer.",
+                             "Nothing was kept. Run the backup again; check the server log.")
+    elif fmt == "custom" and not head.startswith(CUSTOM_MAGIC):
+        raise DumpFailed(f"Dump of {where} is not a custom-format archive.",
+                         "Nothing was kept. Check that pg_dump is PostgreSQL's.")
+
+
+def _grow_pipe(pipe) -> None:
+    # Fewer, larger reads: the default 64 KiB pipe costs a syscall per 64 KiB.
+    try:
+        fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, CHUNK)
+    except OSError:
+        pass
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()

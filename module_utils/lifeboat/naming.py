@@ -1,0 +1,109 @@
+"""Backup names: `<db>-<type>-backup-<YYYY-MM-DDTHH-MM-SS>[-N]<ext>`, UTC.
+
+The layout is the guide's: `backups/<type>/<name>` with the manifest beside
+it as `<name>.manifest.json`. `parse` is the inverse of `build`; names that
+do not parse are not lifeboat's and are never touched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .errors import ConfigError
+
+SCHEDULED_TYPES = ("daily", "weekly", "monthly")
+BACKUP_TYPES = SCHEDULED_TYPES + ("pre-restore",)
+
+# format/compression -> file extension; plain SQL is the guide's default.
+EXTENSIONS = {
+    ("plain", "gzip"): ".sql.gz",
+    ("plain", "zstd"): ".sql.zst",
+    ("plain", "none"): ".sql",
+    ("custom", "gzip"): ".dump",
+    ("custom", "none"): ".dump",
+    ("directory", "gzip"): ".dir",
+    ("directory", "none"): ".dir",
+}
+MANIFEST_SUFFIX = ".manifest.json"
+PARTIAL_SUFFIX = ".partial"
+TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
+
+_NAME = re.compile(
+    r"^(?P<label>.+)-(?P<type>" + "|".join(map(re.escape, BACKUP_TYPES)) + r")-backup-"
+    r"(?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})(?:-(?P<seq>\d+))?"
+    r"(?P<ext>" + "|".join(sorted({re.escape(e) for e in EXTENSIONS.values()}, key=len,
+                                   reverse=True)) + r")$"
+)
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
+
+
+@dataclass(frozen=True, order=True)
+class BackupName:
+    """A parsed backup file name. Orders by time, then sequence."""
+
+    created: datetime
+    seq: int
+    label: str
+    type: str
+    ext: str
+
+    @property
+    def name(self) -> str:
+        stamp = self.created.strftime(TIME_FORMAT)
+        seq = f"-{self.seq}" if self.seq else ""
+        return f"{self.label}-{self.type}-backup-{stamp}{seq}{self.ext}"
+
+    @property
+    def path(self) -> str:
+        """Store-relative path: `<type>/<name>`."""
+        return f"{self.type}/{self.name}"
+
+
+def check_type(backup_type: str) -> str:
+    if backup_type not in BACKUP_TYPES:
+        raise ConfigError(
+            f"Unknown backup type {backup_type!r}.",
+            f"Use one of: {', '.join(SCHEDULED_TYPES)}.",
+        )
+    return backup_type
+
+
+def safe_label(database: str) -> str:
+    """A database name made safe for a file name (`-` is kept out: it separates fields)."""
+    label = _UNSAFE.sub("_", database).strip("_.")
+    return label or "database"
+
+
+def extension(fmt: str, compression: str) -> str:
+    try:
+        return EXTENSIONS[(fmt, compression)]
+    except KeyError:
+        raise ConfigError(
+            f"Format {fmt!r} cannot be combined with compression {compression!r}.",
+            "plain takes gzip, zstd or none; custom and directory take gzip or none "
+            "(pg_dump compresses them itself).",
+        ) from None
+
+
+def build(label: str, backup_type: str, created: datetime, ext: str, seq: int = 0) -> BackupName:
+    created = created.astimezone(timezone.utc).replace(microsecond=0)
+    return BackupName(created, seq, label, check_type(backup_type), ext)
+
+
+def parse(name: str) -> BackupName | None:
+    """The BackupName for a file name, or None when lifeboat did not make it."""
+    match = _NAME.match(name)
+    if not match:
+        return None
+    created = datetime.strptime(match["stamp"], TIME_FORMAT).replace(tzinfo=timezone.utc)
+    return BackupName(created, int(match["seq"] or 0), match["label"], match["type"], match["ext"])
+
+
+def format_of(ext: str) -> tuple[str, str]:
+    """(format, compression) for an extension; the inverse of `extension`."""
+    for key, value in EXTENSIONS.items():
+        if value == ext:
+            return key
+    raise ValueError(ext)

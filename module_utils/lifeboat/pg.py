@@ -1,0 +1,171 @@
+"""Talking to PostgreSQL: client programs, connections, and what errors mean.
+
+Client programs (pg_dump, psql, pg_restore) are found once, by version: the
+newest installed major wins, because pg_dump must be at least the server's
+major. SQL goes through psycopg 3, imported only when needed.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from .conninfo import ConnInfo
+from .errors import (
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionFailed,
+    LifeboatError,
+    PermissionDenied,
+    ToolNotFound,
+    VersionMismatch,
+)
+
+INSTALL_HINT = ("Install the PostgreSQL client tools: `sudo apt-get install postgresql-client` "
+                "(or run playbooks/provision.yml).")
+
+# Catalog query for user tables in pg_dump's own quoting (format %I.%I), so
+# counts taken from a dump and from a database can be compared by name.
+TABLES_SQL = """
+SELECT format('%I.%I', n.nspname, c.relname), c.reltuples::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1
+"""
+
+
+def find_tool(name: str, bin_dir: str | None = None) -> str:
+    """Path of a client program: `bin_dir`, else the newest /usr/lib/postgresql/N/bin, else PATH."""
+    if bin_dir:  # an explicit choice is honoured or refused, never second-guessed
+        path = os.path.join(bin_dir, name)
+        if os.access(path, os.X_OK):
+            return path
+        raise ToolNotFound(f"{name}: command not found in {bin_dir} (lifeboat_pg_bin_dir).",
+                           INSTALL_HINT)
+    versioned = glob.glob(f"/usr/lib/postgresql/*/bin/{name}")
+    versioned.sort(key=_major_of_dir, reverse=True)
+    for path in versioned:
+        if os.access(path, os.X_OK):
+            return path
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ToolNotFound(f"{name}: command not found on PATH.", INSTALL_HINT)
+
+
+def _major_of_dir(path: str) -> int:
+    try:
+        return int(Path(path).parent.parent.name)
+    except ValueError:
+        return 0
+
+
+def tool_version(path: str) -> str:
+    """`pg_dump --version` -> '15.18'."""
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout
+    match = re.search(r"(\d+(?:\.\d+)?)", out)
+    return match.group(1) if match else "unknown"
+
+
+def major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return 0
+
+
+def _psycopg():
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError(
+            "The python psycopg package (version 3) is missing on this host.",
+            "Run playbooks/provision.yml, or `apt-get install python3-psycopg`, "
+            "or `pip install 'psycopg[binary]'`.",
+        ) from None
+    return psycopg
+
+
+def connect(conn: ConnInfo, dbname: str | None = None):
+    """An autocommit psycopg connection; libpq errors become lifeboat errors."""
+    psycopg = _psycopg()
+    target = conn.with_dbname(dbname) if dbname else conn
+    try:
+        return psycopg.connect(autocommit=True, **target.psycopg_kwargs())
+    except psycopg.Error as exc:
+        raise classify(str(exc), target) from None
+
+
+def classify(message: str, conn: ConnInfo, action: str = "connect to") -> LifeboatError:
+    """Turn libpq error text into a typed error with a next step."""
+    return explain(message, conn, action) or ConnectionFailed(
+        f"Failed to {action} {conn.where()}: {' '.join(message.split())}",
+        "Check the server log for details.")
+
+
+def explain(message: str, conn: ConnInfo, action: str) -> LifeboatError | None:
+    """The typed error for a known libpq / pg_dump failure, else None."""
+    text = " ".join(message.split())
+    where = conn.where()
+    lowered = text.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered \
+            or "authentication failed" in lowered:
+        return AuthenticationFailed(
+            f"Failed to {action} {where}: authentication failed.",
+            "Check the user and password in DATABASE_URL (percent-encode special characters, "
+            "e.g. @ as %40) and the server's pg_hba.conf.",
+        )
+    if "connection refused" in lowered or "could not connect" in lowered \
+            or "could not translate host name" in lowered or "timeout expired" in lowered \
+            or ("no such file or directory" in lowered and "socket" in lowered) \
+            or "the database system is shutting down" in lowered \
+            or "server closed the connection unexpectedly" in lowered \
+            or "terminating connection" in lowered:
+        return ConnectionFailed(
+            f"Failed to {action} {where}: {text}",
+            "Check that PostgreSQL is running (`sudo systemctl status postgresql`) and that "
+            "`psql \"$DATABASE_URL\" -c 'SELECT version();'` works from this host.",
+        )
+    if "permission denied" in lowered or "must be owner" in lowered \
+            or "must be superuser" in lowered:
+        return PermissionDenied(
+            f"Failed to {action} {where}: {text}",
+            f"Grant the role what it needs, e.g. `GRANT CONNECT ON DATABASE {conn.dbname} TO "
+            f"{conn.user or 'your_user'}; GRANT SELECT ON ALL TABLES IN SCHEMA public TO "
+            f"{conn.user or 'your_user'};` (or back up as the database owner).",
+        )
+    if "server version mismatch" in lowered or "aborting because of server version" in lowered:
+        return VersionMismatch(
+            f"Failed to {action} {where}: {text}",
+            "pg_dump must be at least the server's major version: install a newer "
+            "postgresql-client (the postgresql_client role can add the PGDG repository), "
+            "or point lifeboat_pg_bin_dir at it.",
+        )
+    if "does not exist" in lowered and "database" in lowered:
+        return ConnectionFailed(
+            f"Failed to {action} {where}: {text}",
+            "Check the database name at the end of DATABASE_URL.",
+        )
+    return None
+
+
+def server_version(db) -> str:
+    return db.execute("SHOW server_version").fetchone()[0].split()[0]
+
+
+def table_estimates(db) -> dict[str, int]:
+    """Per-table row estimates from the planner statistics (-1: never analyzed)."""
+    return {name: int(rows) for name, rows in db.execute(TABLES_SQL).fetchall()}
+
+
+def exact_counts(db, tables) -> dict[str, int]:
+    """count(*) of each table (ONLY: pg_dump copies a parent's own rows)."""
+    return {t: db.execute(f"SELECT count(*) FROM ONLY {t}").fetchone()[0] for t in tables}

@@ -1,0 +1,241 @@
+"""Where backups live. A backup becomes visible only when complete.
+
+`LocalStore` writes `<type>/<name>.partial`, fsyncs, renames it into place,
+then writes `<name>.manifest.json` the same way: a reader that sees a
+manifest sees a complete file. The S3 store follows the same contract.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from . import manifest as manifests
+from . import naming
+from .errors import DiskFull, StorageError
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A backup file in a store; `complete` means its manifest is there."""
+
+    store: str
+    path: str          # `<type>/<name>`, the same in every store
+    name: naming.BackupName
+    size: int
+    complete: bool
+    location: str      # absolute path or s3:// URL, for people
+
+    @property
+    def key(self) -> str:
+        return f"{self.store}:{self.path}"
+
+
+def _storage_error(action: str, target: str, exc: OSError) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return DiskFull(f"Failed to {action} {target}: disk full (No space left on device).",
+                        "Free space (`df -h`), lower lifeboat_retention, or point "
+                        "lifeboat_backup_dir at a larger disk.")
+    return StorageError(f"Failed to {action} {target}: {exc.strerror or exc}.",
+                        "Check that the backup directory exists, is writable by this user "
+                        "and is not on a read-only filesystem.")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = path + naming.PARTIAL_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class LocalUpload:
+    """A backup being written to `<final>.partial`; commit() publishes it."""
+
+    def __init__(self, store: LocalStore, bname: naming.BackupName):
+        self.final = store.abspath(bname.path)
+        self.partial = self.final + naming.PARTIAL_SUFFIX
+        self._fh: BinaryIO | None = None
+
+    def open_file(self) -> BinaryIO:
+        fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        self._fh = os.fdopen(fd, "wb", buffering=1 << 20)
+        return self._fh
+
+    def directory(self) -> str:
+        """Path for pg_dump --format=directory to create."""
+        return self.partial
+
+    def commit(self, manifest: dict) -> None:
+        try:
+            if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+                self._fh = None
+            else:
+                os.chmod(self.partial, DIR_MODE)
+                for name in os.listdir(self.partial):
+                    path = os.path.join(self.partial, name)
+                    os.chmod(path, FILE_MODE)
+                    with open(path, "rb") as fh:
+                        os.fsync(fh.fileno())
+            os.replace(self.partial, self.final)
+            _write_atomic(self.final + naming.MANIFEST_SUFFIX, manifests.dumps(manifest))
+            _fsync_dir(os.path.dirname(self.final))
+        except OSError as exc:
+            self.abort()
+            _unlink(self.final)
+            raise _storage_error("save backup", self.final, exc) from None
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError:
+                pass  # e.g. ENOSPC on the final flush: the file goes anyway
+            self._fh = None
+        _unlink(self.partial)
+
+
+class LocalStore:
+    kind = "local"
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+
+    def abspath(self, path: str) -> str:
+        return os.path.join(self.root, path)
+
+    def describe(self) -> str:
+        return self.root
+
+    def prepare(self, backup_type: str) -> None:
+        """Create `<root>/<type>` (0700) and prove we can write there."""
+        target = self.abspath(backup_type)
+        try:
+            os.makedirs(self.root, mode=DIR_MODE, exist_ok=True)
+            os.makedirs(target, mode=DIR_MODE, exist_ok=True)
+            os.chmod(target, DIR_MODE)
+            if not os.access(target, os.W_OK):
+                raise PermissionError(errno.EACCES, "Permission denied")
+            probe = os.path.join(target, f".lifeboat-probe-{os.getpid()}")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+            os.unlink(probe)
+        except OSError as exc:
+            raise _storage_error("write to backup directory", target, exc) from None
+
+    def lock_dir(self) -> str:
+        return self.abspath(".locks")
+
+    def unique_name(self, bname: naming.BackupName) -> naming.BackupName:
+        """The same name with a sequence number if that second is taken."""
+        while any(os.path.lexists(self.abspath(bname.path) + suffix)
+                  for suffix in ("", naming.PARTIAL_SUFFIX, naming.MANIFEST_SUFFIX)):
+            bname = naming.BackupName(bname.created, bname.seq + 1, bname.label, bname.type,
+                                      bname.ext)
+        return bname
+
+    def begin(self, bname: naming.BackupName) -> LocalUpload:
+        return LocalUpload(self, bname)
+
+    def list(self) -> list[Entry]:
+        """Every backup lifeboat named in this store; raises when it cannot look."""
+        entries = []
+        if not os.path.isdir(self.root):
+            return entries
+        for backup_type in naming.BACKUP_TYPES:
+            folder = self.abspath(backup_type)
+            try:
+                names = set(os.listdir(folder))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _storage_error("list backups in", folder, exc) from None
+            for name in names:
+                parsed = naming.parse(name)
+                if parsed is None or parsed.type != backup_type:
+                    continue
+                path = os.path.join(folder, name)
+                entries.append(Entry(
+                    store=self.kind, path=parsed.path, name=parsed, size=_size(path),
+                    complete=name + naming.MANIFEST_SUFFIX in names, location=path))
+        return sorted(entries, key=lambda e: e.name)
+
+    def read_manifest(self, entry: Entry) -> dict:
+        path = entry.location + naming.MANIFEST_SUFFIX
+        try:
+            with open(path, "rb") as fh:
+                return manifests.loads(fh.read(), path)
+        except OSError as exc:
+            raise _storage_error("read manifest", path, exc) from None
+
+    def open(self, entry: Entry) -> BinaryIO:
+        return open(entry.location, "rb")
+
+    def delete(self, entry: Entry) -> None:
+        # Manifest first: a half-deleted backup must not look complete.
+        try:
+            _unlink(entry.location + naming.MANIFEST_SUFFIX)
+            _unlink(entry.location)
+        except OSError as exc:
+            raise _storage_error("delete", entry.location, exc) from None
+
+    def remove_partials(self, label: str) -> list[str]:
+        """Leftovers of crashed runs for `label` (call with its lock held)."""
+        removed = []
+        for backup_type in naming.BACKUP_TYPES:
+            folder = self.abspath(backup_type)
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            for name in names:
+                if not name.endswith(naming.PARTIAL_SUFFIX):
+                    continue
+                base = name[: -len(naming.PARTIAL_SUFFIX)]
+                base = base.removesuffix(naming.MANIFEST_SUFFIX)
+                parsed = naming.parse(base)
+                if parsed and parsed.label == label:
+                    _unlink(os.path.join(folder, name))
+                    removed.append(os.path.join(folder, name))
+        return removed
+
+
+def _size(path: str) -> int:
+    try:
+        if os.path.isdir(path):
+            return sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+        return os.path.getsize(path)
+    except OSError:
+        return 0

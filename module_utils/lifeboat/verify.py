@@ -1,0 +1,164 @@
+"""Cheap integrity checks of a backup, without a database.
+
+Reads the file once: sha256 and size against the manifest, full
+decompression, the plain dump's header and completion trailer, and the row
+count of every COPY block against the manifest; `pg_restore --list` for
+custom and directory archives. Deep checks (a real restore) live in restore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from dataclasses import dataclass, field
+
+from . import compress, dump, naming, pg
+from . import manifest as manifests
+from .errors import LifeboatError, VerificationFailed
+
+REMEDY = "Do not restore from it: delete it and take a new backup (`lifeboat backup`)."
+
+
+@dataclass
+class Report:
+    path: str
+    ok: bool = True
+    checks: list[str] = field(default_factory=list)
+    manifest: dict | None = None
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "ok": self.ok, "checks": self.checks}
+
+
+def find_manifest(path: str) -> dict | None:
+    side = path + naming.MANIFEST_SUFFIX
+    if not os.path.exists(side):
+        return None
+    with open(side, "rb") as fh:
+        return manifests.loads(fh.read(), side)
+
+
+def detect(path: str) -> tuple[str, str]:
+    """(format, compression) of a file without a manifest, from its bytes."""
+    if os.path.isdir(path):
+        return "directory", "none"
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    compression = compress.sniff(head)
+    if compression == "none" and head.startswith(dump.CUSTOM_MAGIC):
+        return "custom", "none"
+    return "plain", compression
+
+
+def verify_file(path: str, manifest: dict | None = None, bin_dir: str | None = None,
+                progress=None) -> Report:
+    """Check one backup file (or directory archive); raise VerificationFailed on any fault."""
+    report = Report(path)
+    if not os.path.exists(path):
+        raise VerificationFailed(f"Backup {path} does not exist.", "Check the path.")
+    manifest = manifest if manifest is not None else find_manifest(path)
+    report.manifest = manifest
+    if manifest is None:
+        fmt, compression = detect(path)
+        report.checks.append("no manifest: checksum and row counts not checked")
+    else:
+        fmt, compression = manifest["format"], manifest["compression"]
+    if fmt == "directory":
+        _verify_directory(path, manifest, report)
+    else:
+        _verify_stream(path, fmt, compression, manifest, report, progress)
+    if fmt in ("custom", "directory"):
+        _pg_restore_list(path, bin_dir, report)
+    return report
+
+
+def _fail(path: str, why: str) -> VerificationFailed:
+    return VerificationFailed(f"Backup verification failed for {path}: {why}.", REMEDY)
+
+
+def _verify_stream(path, fmt, compression, manifest, report, progress) -> None:
+    digest = hashlib.sha256()
+    size = 0
+    codec = compression if fmt == "plain" else "none"
+
+    class Tap:
+        """Hashes the compressed bytes as the decompressor pulls them."""
+
+        def __init__(self, fh):
+            self.fh = fh
+
+        def read(self, n=-1):
+            nonlocal size
+            data = self.fh.read(n)
+            digest.update(data)
+            size += len(data)
+            return data
+
+        def readinto(self, buf):
+            data = self.read(len(buf))
+            buf[: len(data)] = data
+            return len(data)
+
+        def readable(self):
+            return True
+
+    counter = dump.CopyCounter() if fmt == "plain" else None
+    head = tail = b""
+    plain = 0
+    with open(path, "rb") as fh:
+        reader = compress.decompressor(Tap(fh), codec)
+        try:
+            while chunk := reader.read(dump.CHUNK):
+                plain += len(chunk)
+                if len(head) < 4096:
+                    head += chunk[: 4096 - len(head)]
+                tail = (tail + chunk)[-4096:]
+                if counter:
+                    counter.feed(chunk)
+                if progress:
+                    progress(plain, size)
+        except LifeboatError:
+            raise
+        except Exception as exc:  # zlib/isal/zstd raise their own types
+            raise _fail(path, f"{compression} stream is corrupt or truncated ({exc})") from None
+    if codec != "none":
+        report.checks.append(f"{compression} stream complete ({plain} bytes uncompressed)")
+    if manifest is not None:
+        if size != manifest["size"]:
+            raise _fail(path, f"size is {size} bytes, manifest says {manifest['size']}")
+        if digest.hexdigest() != manifest["sha256"]:
+            raise _fail(path, "sha256 does not match the manifest")
+        report.checks.append("size and sha256 match the manifest")
+    if fmt == "plain":
+        if dump.PLAIN_HEADER not in head[:1024]:
+            raise _fail(path, "no 'PostgreSQL database dump' header")
+        if dump.PLAIN_TRAILER not in tail[-512:] or not counter.complete:
+            raise _fail(path, "no 'dump complete' trailer: the dump is truncated")
+        report.checks.append("dump header and completion trailer present")
+        if manifest is not None and manifest.get("rows_exact"):
+            if counter.rows != manifest.get("tables"):
+                raise _fail(path, "row counts in the dump differ from the manifest's")
+            report.checks.append(f"row counts of {len(counter.rows)} tables match the manifest")
+    elif not head.startswith(dump.CUSTOM_MAGIC):
+        raise _fail(path, "not a pg_dump custom-format archive")
+
+
+def _verify_directory(path, manifest, report) -> None:
+    if not os.path.exists(os.path.join(path, "toc.dat")):
+        raise _fail(path, "directory archive has no toc.dat")
+    if manifest is not None:
+        sha, size, _ = dump.tree_digest(path)
+        if sha != manifest["sha256"] or size != manifest["size"]:
+            raise _fail(path, "directory contents do not match the manifest's sha256")
+        report.checks.append("directory contents match the manifest's sha256")
+
+
+def _pg_restore_list(path, bin_dir, report) -> None:
+    pg_restore = pg.find_tool("pg_restore", bin_dir)
+    proc = subprocess.run([pg_restore, "--list", path], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise _fail(path, f"pg_restore --list failed: {proc.stderr.strip()}")
+    entries = sum(1 for line in proc.stdout.splitlines() if line and not line.startswith(";"))
+    report.checks.append(f"pg_restore --list reads {entries} entries")

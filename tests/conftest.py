@@ -1,0 +1,121 @@
+"""Shared fixtures: real PostgreSQL clusters on loopback, started with initdb/pg_ctl.
+
+`pg` is one cluster per test session; `app_db` gives each test its own
+database owned by a non-superuser role whose password needs URL-encoding,
+seeded with the demo schema. Use `cluster.psql()` for superuser SQL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import pgcluster  # noqa: E402
+
+OWNER = "app_owner"
+OWNER_PASSWORD = "p@ss:w/rd%20 'q' #1"  # needs URL-encoding, has a quote and a colon
+_counter = itertools.count(1)
+
+
+@dataclass
+class AppDB:
+    """A test database: its name, owner URL (with password) and the cluster."""
+
+    name: str
+    url: str
+    cluster: pgcluster.Cluster
+
+    def sql(self, query: str, superuser: bool = False) -> str:
+        """SQL inside this database as its owner (or superuser); psql's unaligned output."""
+        prefix = "" if superuser else f"SET ROLE {OWNER}; "
+        return self.cluster.psql(prefix + query, db=self.name)
+
+    def url_for(self, dbname: str) -> str:
+        return self.cluster.url(OWNER, OWNER_PASSWORD, dbname)
+
+
+@pytest.fixture(scope="session")
+def pg_tmp():
+    root = Path(tempfile.mkdtemp(prefix="lifeboat-test-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg(pg_tmp):
+    cluster = pgcluster.Cluster(pg_tmp / "pgdata", pgcluster.free_port())
+    cluster.init()
+    cluster.start()
+    lit = OWNER_PASSWORD.replace("'", "''")
+    cluster.psql(f"CREATE ROLE {OWNER} LOGIN CREATEDB PASSWORD '{lit}'")
+    yield cluster
+    cluster.stop("immediate")
+
+
+def make_db(cluster: pgcluster.Cluster, name: str | None = None, seed: bool = True) -> AppDB:
+    name = name or f"app{next(_counter)}"
+    cluster.psql(f'CREATE DATABASE "{name}" OWNER {OWNER}')
+    db = AppDB(name, cluster.url(OWNER, OWNER_PASSWORD, name), cluster)
+    if seed:
+        seed_file = Path(cluster.datadir).parent / "demo_schema.sql"
+        if not seed_file.exists():
+            seed_file.write_text(pgcluster.DEMO_SCHEMA)
+            seed_file.chmod(0o644)
+        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db.url,
+                        "-f", str(seed_file)], check=True, capture_output=True)
+    return db
+
+
+@pytest.fixture
+def app_db(pg) -> AppDB:
+    """A fresh database owned by the app role, with the users/plots demo data."""
+    return make_db(pg)
+
+
+@pytest.fixture
+def backup_dir(tmp_path) -> Path:
+    return tmp_path / "backups"
+
+
+@pytest.fixture
+def lifeboat_env(backup_dir):
+    """Environment for running the `lifeboat` CLI / ansible-playbook as a user would."""
+    env = dict(os.environ)
+    env["LIFEBOAT_BACKUP_DIR"] = str(backup_dir)
+    env["LIFEBOAT_CONFIG"] = "/nonexistent/lifeboat.yml"
+    env.pop("DATABASE_URL", None)
+    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"
+    return env
+
+
+def run_cli(args: list[str], env: dict, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run the installed `lifeboat` command the way cron would (no terminal)."""
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "lifeboat"), *args], env=env,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lifeboat {args} failed: {proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def fingerprint(db: AppDB) -> dict[str, str]:
+    """md5 of every user table's rows in a stable order: equal means same data."""
+    tables = db.sql("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                    "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")
+    result = {}
+    for table in filter(None, tables.splitlines()):
+        result[table] = db.sql(
+            f"SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, E'\\n' "
+            f"ORDER BY t::text)), '') FROM {table} t")
+    return result
