@@ -13,7 +13,8 @@ DEMO_DIR := $(CURDIR)/.demo
 TEST_SYSTEM_DEPS := postgresql-15:/usr/lib/postgresql/*/bin/initdb postgresql-client:pg_dump \
 	logrotate:logrotate cron:cron faketime:faketime
 
-.PHONY: help setup setup-test backup test test-unit test-integration lint bench clean demo-stop
+.PHONY: help setup setup-test backup test test-unit test-integration lint bench clean demo-stop \
+	molecule molecule-setup
 
 help:
 	@echo "make setup     create .venv with pinned dependencies and the lifeboat CLI"
@@ -21,6 +22,7 @@ help:
 	@echo "make test      lint + unit + integration tests against real servers"
 	@echo "make bench     benchmarks (about 1 GB of generated data; several minutes)"
 	@echo "make lint      ruff + ansible-lint (production profile)"
+	@echo "make molecule  provision two podman containers with playbooks/provision.yml, verify with testinfra"
 
 $(VENV)/.runtime: requirements/runtime.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,9 +64,25 @@ test-integration: setup-test
 
 test: setup-test lint
 	pytest -q -p no:cacheprovider tests
+	$(MAKE) molecule
+
+# Molecule + testinfra in their own venv (the full `ansible` bundle, for
+# containers.podman), so the control node's runtime stays on ansible-core.
+MVENV := .venv-molecule
+$(MVENV)/.installed: requirements/molecule.txt
+	@test -x $(MVENV)/bin/python || $(PYTHON) -m venv $(MVENV)
+	$(MVENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/molecule.txt
+	@touch $@
+
+molecule-setup: setup-test $(MVENV)/.installed
+
+# tools/molecule.sh installs podman/runc/debootstrap when missing, builds the
+# base image once, and removes every container and server it starts.
+molecule: molecule-setup
+	tools/molecule.sh $(SCENARIO)
 
 bench: setup-test
 	python bench/run.py
 
 clean: demo-stop
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MVENV) $(DEMO_DIR) .pytest_cache .ruff_cache

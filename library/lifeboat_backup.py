@@ -42,6 +42,19 @@ options:
     type: str
     choices: [daily, weekly, monthly]
     default: daily
+  globals:
+    description:
+      - Also save C(pg_dumpall --globals-only) (roles, memberships, tablespaces) beside each
+        backup as C(<backup name>.globals.sql) (0600, recorded in the manifest), so a lost
+        server can be rebuilt (M(lifeboat_restore) with O(lifeboat_restore#module:restore_globals)).
+      - A failure to save it is a warning; the backup itself is kept.
+    type: bool
+    default: false
+  globals_passwords:
+    description: Include role password hashes in the globals file (reading them needs a
+      superuser); without it roles are saved without passwords.
+    type: bool
+    default: false
   format:
     description: C(pg_dump) output format.
     type: str
@@ -49,14 +62,14 @@ options:
     default: plain
   compression:
     description:
-      - C(gzip) (ISA-L, fast), C(zstd) or C(none). Custom and directory formats are
+      - C(gzip) (zlib-ng, threaded), C(zstd) or C(none). Custom and directory formats are
         compressed by C(pg_dump) itself (gzip or none).
     type: str
     choices: [gzip, zstd, none]
     default: gzip
   compression_level:
     description:
-      - gzip 0-3 (ISA-L levels, default 1), zstd 1-19 (default 3); custom and directory
+      - gzip 1-9 (default 4), zstd 1-19 (default 3); custom and directory
         formats take C(pg_dump)'s 0-9.
     type: int
   jobs:
@@ -82,6 +95,102 @@ options:
   pg_bin_dir:
     description: Directory holding C(pg_dump); default is the newest installed major.
     type: path
+  notify_email:
+    description:
+      - Email addresses told about every backup (see O(notify_on)), e.g. C(admin@example.com).
+    type: list
+    elements: str
+    default: []
+  notify_on:
+    description: Outcomes that notify; C([failure]) silences successes.
+    type: list
+    elements: str
+    choices: [success, failure]
+    default: [success, failure]
+  smtp_host:
+    description: SMTP relay for O(notify_email).
+    type: str
+    default: localhost
+  smtp_port:
+    description: SMTP port; default 25, 587 with C(starttls), 465 with C(tls).
+    type: int
+  smtp_security:
+    description:
+      - C(none), C(starttls) or C(tls) (implicit TLS). Certificates are verified.
+      - Credentials are refused over C(none) unless the relay is on loopback.
+    type: str
+    choices: [none, starttls, tls]
+    default: none
+  smtp_user:
+    description: SMTP login, when the relay needs one.
+    type: str
+  smtp_password:
+    description: SMTP password; never logged.
+    type: str
+  smtp_sender:
+    description: From address; default C(lifeboat@<hostname>).
+    type: str
+  slack_webhook_url:
+    description: Slack incoming webhook URL; never logged nor put in a message.
+    type: str
+  webhook_url:
+    description: Generic webhook; receives the event as JSON (POST). Never logged.
+    type: str
+  notify_timeout:
+    description: Seconds to wait for each notification channel.
+    type: float
+    default: 10
+  log_file:
+    description:
+      - Backup log; every run appends one line per event. Unset, no file is written.
+      - C(/var/log/lifeboat/lifeboat.log) on provisioned hosts.
+    type: path
+  log_format:
+    description: C(text) lines or C(json) lines in O(log_file).
+    type: str
+    choices: [text, json]
+    default: text
+  metrics_dir:
+    description:
+      - node_exporter textfile collector directory; C(lifeboat.prom) is written there
+        atomically after every backup. Unset, no metrics are written.
+    type: path
+  s3_bucket:
+    description:
+      - Also copy every backup to C(s3://<s3_bucket>/<s3_prefix>/<type>/<same name>), manifest
+        last. The role defaults it to C(BACKUP_S3_BUCKET) on the control node.
+      - Credentials come from the standard AWS chain on the host (environment, profile,
+        instance role); this module takes none, so none can reach its output.
+      - If S3 fails, the local backup is kept complete and valid and the module fails naming S3.
+    type: str
+  s3_prefix:
+    description: Key prefix in the bucket; give each host its own when several share a bucket.
+    type: str
+    default: backups
+  s3_endpoint_url:
+    description: S3-compatible endpoint (MinIO, Ceph, R2, ...); the role defaults it to
+      C(AWS_ENDPOINT_URL).
+    type: str
+  s3_region:
+    description: Region; default from the AWS chain (C(AWS_REGION), profile).
+    type: str
+  s3_sse:
+    description: Server-side encryption of the uploaded objects; recorded in the S3 manifest.
+    type: str
+    choices: [AES256, aws:kms]
+  s3_sse_kms_key_id:
+    description: KMS key id or ARN with O(s3_sse=aws:kms); default the bucket's AWS-managed key.
+    type: str
+  s3_part_size_mb:
+    description:
+      - First multipart part size (MiB, 5 to 5120). Parts double every 1,000 parts, so the
+        default 8 MiB reaches 8 TiB within S3's 10,000-part cap.
+    type: int
+    default: 8
+  s3_max_attempts:
+    description: Attempts per S3 request (botocore adaptive retries with backoff).
+    type: int
+    default: 5
 attributes:
   check_mode:
     support: full
@@ -89,9 +198,12 @@ attributes:
   diff_mode:
     support: none
 notes:
-  - Needs C(pg_dump) and the python packages psycopg (3) and, for speed, isal on the host.
+  - Needs C(pg_dump) and the python packages psycopg (3) and, for speed, zlib-ng on the host.
   - Retention runs only after a successful backup of that type, and deletes nothing when
     the store cannot be listed.
+  - After each database, the outcome goes to the backup log, the run state read by
+    M(lifeboat_status), the metrics and the notification channels. A notification that
+    cannot be sent is a warning; it never changes the outcome.
 seealso:
   - name: Backup and recovery guide
     description: The behaviours lifeboat automates.
@@ -117,7 +229,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 results:
-  description: One entry per database.
+  description:
+    - One entry per database.
+    - C(s3_key) is the off-site copy's URL; C(s3_error) says why there is none while C(file),
+      the local copy, is still complete (C(ok) is then false).
   returned: always
   type: list
   elements: dict
@@ -134,6 +249,8 @@ results:
       error: ""
       hint: ""
       error_type: ""
+      s3_key: s3://my-backup-bucket/backups/daily/plotzed-daily-backup-2025-01-15T02-00-00.sql.gz
+      s3_error: ""
 summary:
   description: One human-readable line per database.
   returned: always
@@ -150,18 +267,23 @@ planned:
       type: daily
       file: /var/backups/lifeboat/daily/plotzed-daily-backup-2025-01-15T02-00-00.sql.gz
       would_delete: []
+      s3_key: s3://my-backup-bucket/backups/daily/plotzed-daily-backup-2025-01-15T02-00-00.sql.gz
+      s3_error: ""
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.lifeboat import ansible_args, backup
-from ansible.module_utils.lifeboat.errors import LifeboatError
+from ansible.module_utils.lifeboat import ansible_args, backup, monitor
+from ansible.module_utils.lifeboat.errors import ConfigError, LifeboatError
 from ansible.module_utils.lifeboat.settings import resolve
 
 
 def main() -> None:
-    spec = dict(ansible_args.CONNECTION, **ansible_args.DUMP)
+    spec = dict(
+        ansible_args.CONNECTION, **ansible_args.DUMP, **ansible_args.MONITORING, **ansible_args.S3
+    )
     spec["backup_dir"] = dict(spec["backup_dir"], required=True)
     spec["backup_type"] = ansible_args.BACKUP_TYPE
+    spec.update(ansible_args.GLOBALS)
     module = AnsibleModule(
         argument_spec=spec,
         required_one_of=[("database_url", "databases")],
@@ -172,10 +294,19 @@ def main() -> None:
         settings = resolve(ansible_args.settings_params(params))
         if module.check_mode:
             planned = backup.plan(settings, params["backup_type"])
-            module.exit_json(changed=True, planned=planned, results=[],
-                             summary=[f"{p['database']}: would write {p['file']}" for p in planned])
+            module.exit_json(
+                changed=True,
+                planned=planned,
+                results=[],
+                summary=[f"{p['database']}: would write {p['file']}" for p in planned],
+            )
         results = backup.run(settings, params["backup_type"])
     except LifeboatError as exc:
+        if isinstance(exc, ConfigError) and not module.check_mode:
+            # A scheduled playbook with broken settings must still reach people.
+            monitor.config_failure(
+                lambda: [ansible_args.settings_params(params)], exc, "backup", params["backup_type"]
+            )
         module.fail_json(msg=str(exc), error_type=type(exc).__name__, results=[], summary=[])
     summary = [r.summary() for r in results]
     payload = {"results": [r.as_dict() for r in results], "summary": summary}
@@ -184,9 +315,12 @@ def main() -> None:
             module.warn(warning)
     failed = [r for r in results if not r.ok]
     if failed:
-        module.fail_json(msg=f"{len(failed)} of {len(results)} backups failed: "
-                         + " | ".join(r.summary() for r in failed),
-                         changed=len(failed) < len(results), **payload)
+        module.fail_json(
+            msg=f"{len(failed)} of {len(results)} backups failed: "
+            + " | ".join(r.summary() for r in failed),
+            changed=any(r.file for r in results),  # a local copy was written (S3 may have failed)
+            **payload,
+        )
     module.exit_json(changed=True, **payload)
 
 

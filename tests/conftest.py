@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 import pgcluster  # noqa: E402
+from s3_fixtures import moto_server, s3  # noqa: E402, F401 - S3 endpoint fixtures
 
 OWNER = "app_owner"
 OWNER_PASSWORD = "p@ss:w/rd%20 'q' #1"  # needs URL-encoding, has a quote and a colon
@@ -73,8 +74,11 @@ def make_db(cluster: pgcluster.Cluster, name: str | None = None, seed: bool = Tr
         if not seed_file.exists():
             seed_file.write_text(pgcluster.DEMO_SCHEMA)
             seed_file.chmod(0o644)
-        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db.url,
-                        "-f", str(seed_file)], check=True, capture_output=True)
+        subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db.url, "-f", str(seed_file)],
+            check=True,
+            capture_output=True,
+        )
     return db
 
 
@@ -102,8 +106,14 @@ def lifeboat_env(backup_dir):
 
 def run_cli(args: list[str], env: dict, check: bool = False, **kw) -> subprocess.CompletedProcess:
     """Run the installed `lifeboat` command the way cron would (no terminal)."""
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "lifeboat"), *args], env=env,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, **kw)
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "lifeboat"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        **kw,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"lifeboat {args} failed: {proc.stdout}\n{proc.stderr}")
     return proc
@@ -111,11 +121,14 @@ def run_cli(args: list[str], env: dict, check: bool = False, **kw) -> subprocess
 
 def fingerprint(db: AppDB) -> dict[str, str]:
     """md5 of every user table's rows in a stable order: equal means same data."""
-    tables = db.sql("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
-                    "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")
+    tables = db.sql(
+        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
+    )
     result = {}
     for table in filter(None, tables.splitlines()):
         result[table] = db.sql(
             f"SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, E'\\n' "
-            f"ORDER BY t::text)), '') FROM {table} t")
+            f"ORDER BY t::text)), '') FROM {table} t"
+        )
     return result

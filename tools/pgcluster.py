@@ -87,11 +87,20 @@ class Cluster:
                 if not mode & 0o001:
                     os.chmod(parent, mode | 0o001)
         self.datadir.chmod(0o700)
-        self._run("initdb", "-D", str(self.datadir), "-A", "trust", "-U", "postgres",
-                  "-E", "UTF8", "--locale=C.UTF-8")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        )
         (self.datadir / "pg_hba.conf").write_text(
-            "local all all trust\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
         )
         with open(self.datadir / "postgresql.conf", "a") as conf:
             conf.write(
@@ -103,8 +112,17 @@ class Cluster:
             )
 
     def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.datadir), "-w", "-t", "60",
-                  "-l", str(self.datadir / "server.log"), "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.datadir / "server.log"),
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.datadir), "-w", "-m", mode, "stop", check=False)
@@ -114,26 +132,59 @@ class Cluster:
 
     def psql(self, sql: str, db: str = "postgres", check: bool = True) -> str:
         """Run SQL as the superuser over the Unix socket; return stdout."""
-        out = self._run("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
-                        "-h", self.socket_dir, "-p", str(self.port), "-U", "postgres",
-                        "-d", db, "-c", sql, check=check)
+        out = self._run(
+            "psql",
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            self.socket_dir,
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-c",
+            sql,
+            check=check,
+        )
         return out.stdout.strip()
 
     def psql_file(self, path: str, db: str) -> None:
-        self._run("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.socket_dir,
-                  "-p", str(self.port), "-U", "postgres", "-d", db, "-f", path)
+        self._run(
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            self.socket_dir,
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-f",
+            path,
+        )
 
     def create_owner(self, role: str, password: str, db: str) -> str:
         """A LOGIN + CREATEDB role owning `db`; returns its URL (password encoded)."""
         lit = password.replace("'", "''")
         self.psql(f"CREATE ROLE \"{role}\" LOGIN CREATEDB PASSWORD '{lit}'")
-        self.psql(f"CREATE DATABASE \"{db}\" OWNER \"{role}\"")
+        self.psql(f'CREATE DATABASE "{db}" OWNER "{role}"')
         return self.url(role, password, db)
 
     def url(self, role: str, password: str, db: str) -> str:
         quote = urllib.parse.quote
-        return (f"postgresql://{quote(role, safe='')}:{quote(password, safe='')}"
-                f"@127.0.0.1:{self.port}/{quote(db, safe='')}")
+        return (
+            f"postgresql://{quote(role, safe='')}:{quote(password, safe='')}"
+            f"@127.0.0.1:{self.port}/{quote(db, safe='')}"
+        )
 
 
 DEMO_SCHEMA = """

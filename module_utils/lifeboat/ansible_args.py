@@ -6,7 +6,7 @@ its parameters to `settings.resolve` unchanged.
 
 from __future__ import annotations
 
-from . import compress, naming, settings
+from . import compress, eventlog, naming, notify, settings
 
 CONNECTION = {
     "database_url": {"type": "str", "no_log": True},
@@ -23,6 +23,53 @@ DUMP = {
     "threads": {"type": "int", "default": 2},
     "pg_dump_args": {"type": "list", "elements": "str", "default": []},
     "retention": {"type": "dict", "default": {}},
+}
+
+# Notifications, backup log and metrics (notify.py, eventlog.py, metrics.py).
+MONITORING = {
+    "notify_email": {"type": "list", "elements": "str", "default": []},
+    "notify_on": {
+        "type": "list",
+        "elements": "str",
+        "choices": list(notify.OUTCOMES),
+        "default": list(notify.OUTCOMES),
+    },
+    "smtp_host": {"type": "str", "default": "localhost"},
+    "smtp_port": {"type": "int"},
+    "smtp_security": {"type": "str", "choices": list(notify.SECURITY), "default": "none"},
+    "smtp_user": {"type": "str"},
+    "smtp_password": {"type": "str", "no_log": True},
+    "smtp_sender": {"type": "str"},
+    "slack_webhook_url": {"type": "str", "no_log": True},
+    "webhook_url": {"type": "str", "no_log": True},
+    "notify_timeout": {"type": "float", "default": 10},
+    "log_file": {"type": "path"},
+    "log_format": {"type": "str", "choices": list(eventlog.FORMATS), "default": "text"},
+    "metrics_dir": {"type": "path"},
+}
+
+# Off-site copies (s3.py). No credential options on purpose: the AWS chain provides them.
+S3 = {
+    "s3_bucket": {"type": "str"},
+    "s3_prefix": {"type": "str", "default": "backups"},
+    "s3_endpoint_url": {"type": "str"},
+    "s3_region": {"type": "str"},
+    "s3_sse": {"type": "str", "choices": ["AES256", "aws:kms"]},
+    "s3_sse_kms_key_id": {"type": "str"},
+    "s3_part_size_mb": {"type": "int", "default": 8},
+    "s3_max_attempts": {"type": "int", "default": 5},
+}
+
+STATUS = {"status_max_age_hours": {"type": "dict", "default": {}}}
+
+# Restore drills (drill.py) and cluster globals (cluster_globals.py).
+VERIFY = {
+    "verify_queries": {"type": "raw", "default": []},
+    "drill_server": {"type": "str", "no_log": True},
+}
+GLOBALS = {
+    "globals": {"type": "bool", "default": False},
+    "globals_passwords": {"type": "bool", "default": False},
 }
 
 BACKUP_TYPE = {"type": "str", "choices": list(naming.SCHEDULED_TYPES), "default": "daily"}

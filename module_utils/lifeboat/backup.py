@@ -7,14 +7,29 @@ the same question without touching anything (check mode, --dry-run).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from . import compress, dump, lock, naming, pg, retention, verify
+from . import (
+    cluster_globals,
+    compress,
+    dump,
+    eventlog,
+    lock,
+    monitor,
+    naming,
+    notify,
+    pg,
+    retention,
+    verify,
+)
 from . import manifest as manifests
-from .errors import LifeboatError, VersionMismatch
+from . import store as store_module
+from .errors import LifeboatError, UploadFailed, VersionMismatch
+from .s3 import S3Store, Tee
 from .settings import Settings, Target
 from .store import Entry, LocalStore
 
@@ -37,16 +52,26 @@ class Result:
     error: str = ""
     hint: str = ""
     error_type: str = ""
+    s3_key: str = ""  # s3:// URL of the off-site copy, when one was made
+    s3_error: str = ""  # the S3 failure; the local copy in `file` is still good
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
+        if not self.ok and self.file and self.s3_error:
+            return (
+                f"{self.database} {self.type}: local backup OK: {self.file} "
+                f"({human_size(self.size)}); S3 copy FAILED: {self.s3_error}"
+            )
         if not self.ok:
             return f"{self.database} {self.type}: FAILED: {self.error} {self.hint}".strip()
         pruned = f", retention deleted {len(self.deleted)}" if self.deleted else ""
-        return (f"{self.database} {self.type}: {self.file} ({human_size(self.size)}, "
-                f"{self.duration:.1f}s{pruned})")
+        offsite = f", copied to {self.s3_key}" if self.s3_key else ""
+        return (
+            f"{self.database} {self.type}: {self.file} ({human_size(self.size)}, "
+            f"{self.duration:.1f}s{offsite}{pruned})"
+        )
 
 
 def human_size(size: float) -> str:
@@ -65,46 +90,86 @@ def store_for(settings: Settings) -> LocalStore:
     return LocalStore(settings.backup_dir)
 
 
+def s3_store_for(settings: Settings) -> S3Store | None:
+    """The off-site store when a bucket is configured (boto3 is imported on first use)."""
+    return S3Store.from_settings(settings)
+
+
 def dump_options(settings: Settings) -> dump.DumpOptions:
     level = settings.compression_level
     if settings.format == "plain":
         level = compress.check(settings.compression, level)
-    return dump.DumpOptions(fmt=settings.format, compression=settings.compression,
-                            level=level, jobs=settings.jobs,
-                            threads=settings.threads, pg_bin_dir=settings.pg_bin_dir,
-                            extra_args=settings.pg_dump_args)
+    return dump.DumpOptions(
+        fmt=settings.format,
+        compression=settings.compression,
+        level=level,
+        jobs=settings.jobs,
+        threads=settings.threads,
+        pg_bin_dir=settings.pg_bin_dir,
+        extra_args=settings.pg_dump_args,
+    )
 
 
-def run(settings: Settings, backup_type: str = "daily", now: datetime | None = None,
-        progress=None) -> list[Result]:
+def run(
+    settings: Settings, backup_type: str = "daily", now: datetime | None = None, progress=None
+) -> list[Result]:
     """Back up every configured database; never raises for one database's failure."""
     naming.check_type(backup_type)
     results = []
-    for target in settings.targets:
-        result = Result(target.label, backup_type)
-        started = time.monotonic()
-        try:
-            backup_one(settings, target, backup_type, result, now=now, progress=progress)
-            result.ok = True
-        except LifeboatError as exc:
-            result.error, result.hint, result.error_type = exc.message, exc.hint, type(exc).__name__
-        result.duration = time.monotonic() - started
-        if result.ok:
-            log.info("backup ok: %s", result.summary())
-        else:
-            log.error("backup failed: %s", result.summary())
-        results.append(result)
+    log_warnings: list[str] = []
+    with eventlog.attached(settings, log_warnings):
+        for target in settings.targets:
+            result = Result(target.label, backup_type, warnings=list(log_warnings))
+            started = time.monotonic()
+            try:
+                backup_one(settings, target, backup_type, result, now=now, progress=progress)
+                result.ok = True
+            except LifeboatError as exc:
+                result.error, result.hint = exc.message, exc.hint
+                result.error_type = type(exc).__name__
+            except OSError as exc:
+                # An OS error no step translated (e.g. the lock file on a full disk).
+                error = store_module._storage_error("back up", settings.backup_dir, exc)
+                result.error, result.hint = error.message, error.hint
+                result.error_type = type(error).__name__
+            except Exception as exc:
+                # A bug must still reach the log and the on-call person, not just a traceback.
+                log.exception("unexpected error backing up %s", target.label)
+                result.error = notify.clean(
+                    f"Unexpected error: {type(exc).__name__}: {exc}.", notify.secrets_of(settings)
+                )
+                result.hint = "This is a lifeboat bug; the traceback is in the backup log."
+                result.error_type = "InternalError"
+            result.duration = time.monotonic() - started
+            # Log, run state, metrics, notifications: never turns the result around.
+            event = notify.Event.from_result(
+                "backup", result, details={"s3": result.s3_key} if result.s3_key else {}
+            )
+            if now is not None:
+                event.time = notify.iso(now)
+            result.warnings += monitor.record(settings, event, result.summary())
+            results.append(result)
     return results
 
 
-def backup_one(settings: Settings, target: Target, backup_type: str, result: Result,
-               now: datetime | None = None, progress=None) -> None:
-    """Dump one database into the store; fills `result`; raises LifeboatError."""
+def backup_one(
+    settings: Settings,
+    target: Target,
+    backup_type: str,
+    result: Result,
+    now: datetime | None = None,
+    progress=None,
+    locked: bool = False,
+) -> None:
+    """Dump one database into the store; fills `result`; raises LifeboatError.
+
+    `locked`: the caller (a restore) already holds this database's lock.
+    """
     store = store_for(settings)
     opts = dump_options(settings)
     pg_dump = pg.find_tool("pg_dump", settings.pg_bin_dir)
     store.prepare(backup_type)
-    with lock.hold(store.lock_dir(), target.label):
+    with contextlib.nullcontext() if locked else lock.hold(store.lock_dir(), target.label):
         for leftover in store.remove_partials(target.label):
             log.warning("removed leftover of an interrupted run: %s", leftover)
         with pg.connect(target.conn) as db:
@@ -116,52 +181,124 @@ def backup_one(settings: Settings, target: Target, backup_type: str, result: Res
                 f"pg_dump {client_version} is older than the server ({server_version}) "
                 f"of {target.conn.where()}.",
                 "Install postgresql-client of the server's major version or newer, "
-                "or set lifeboat_pg_bin_dir.")
+                "or set lifeboat_pg_bin_dir.",
+            )
         started = now or utcnow()
-        bname = store.unique_name(naming.build(
-            target.label, backup_type, started, naming.extension(opts.fmt, opts.compression)))
+        bname = store.unique_name(
+            naming.build(
+                target.label, backup_type, started, naming.extension(opts.fmt, opts.compression)
+            )
+        )
         log.info("backup started: %s -> %s", target.conn.where(), store.abspath(bname.path))
         upload = store.begin(bname)
+        # Pre-restore safety copies stay local: an S3 outage must not block a restore.
+        offsite = s3_store_for(settings) if backup_type != "pre-restore" else None
+        remote = offsite.begin(bname) if offsite else None
+        if remote:
+            remote.start()
+            if remote.error is None:
+                for stale in offsite.abort_stale(target.label, keep=remote.upload_id):
+                    log.warning("aborted an unfinished S3 upload: %s", stale)
         try:
             if opts.fmt == "directory":
                 produced = dump.directory_dump(target.conn, opts, upload.directory())
             else:
-                produced = dump.stream_dump(target.conn, opts, upload.open_file(), progress)
+                sink = upload.open_file()
+                # One pipeline feeds both copies: the file is never read a second time.
+                sink = Tee(sink, remote) if remote else sink
+                produced = dump.stream_dump(target.conn, opts, sink, progress)
             finished = utcnow() if now is None else started
             rows_exact = produced.rows is not None
             manifest = manifests.build(
-                file=bname.name, database=target.conn.dbname, label=target.label,
-                url=target.conn.url(), backup_type=backup_type, fmt=opts.fmt,
-                compression=opts.compression, level=opts.level, dump=produced,
-                server_version=server_version, started=started, finished=finished,
-                tables=produced.rows if rows_exact else estimates, rows_exact=rows_exact)
+                file=bname.name,
+                database=target.conn.dbname,
+                label=target.label,
+                url=target.conn.url(),
+                backup_type=backup_type,
+                fmt=opts.fmt,
+                compression=opts.compression,
+                level=opts.level,
+                dump=produced,
+                server_version=server_version,
+                started=started,
+                finished=finished,
+                tables=produced.rows if rows_exact else estimates,
+                rows_exact=rows_exact,
+            )
             if opts.fmt != "plain":
                 # Archives are checked by pg_restore before they count.
                 verify.verify_file(upload.partial, manifest, settings.pg_bin_dir)
+            if settings.globals:  # roles and tablespaces beside the dump (cluster_globals.py)
+                manifest["globals"] = cluster_globals.for_backup(
+                    settings, target, store.abspath(bname.path), result.warnings
+                )
             upload.commit(manifest)
         except BaseException:
             upload.abort()
+            cluster_globals.discard(store.abspath(bname.path))
+            if remote:
+                remote.abort()
             raise
         result.file = store.abspath(bname.path)
         result.size = produced.size
         result.sha256 = produced.sha256
         try:
-            result.deleted = prune(store, store.list(), settings.retention, now or utcnow(),
-                                   [backup_type], target.label)
+            result.deleted = prune(
+                store,
+                store.list(),
+                settings.retention,
+                now or utcnow(),
+                [backup_type],
+                target.label,
+            )
         except LifeboatError as exc:
             # The new backup is good; an old one lingering is the lesser harm.
             result.warnings.append(f"Retention skipped: {exc}")
             log.warning("retention skipped for %s: %s", target.label, exc)
+        if remote:
+            finish_offsite(offsite, remote, manifest, settings, backup_type, target, result, now)
+
+
+def finish_offsite(offsite, remote, manifest, settings, backup_type, target, result, now) -> None:
+    """Publish the S3 copy (manifest last), then apply retention there; raises UploadFailed."""
+    remote_manifest = dict(manifest, s3={"url": remote.location, **(offsite.encryption() or {})})
+    try:
+        remote.commit(remote_manifest)
+    except UploadFailed as exc:
+        result.s3_error = str(exc)
+        raise
+    result.s3_key = remote.location
+    log.info("uploaded %s", remote.location)
+    try:
+        result.deleted += prune(
+            offsite,
+            offsite.list(),
+            settings.retention,
+            now or utcnow(),
+            [backup_type],
+            target.label,
+        )
+    except LifeboatError as exc:
+        result.warnings.append(f"S3 retention skipped: {exc}")
+        log.warning("S3 retention skipped for %s: %s", target.label, exc)
 
 
 def candidates(entries: list[Entry]) -> list[retention.Candidate]:
-    return [retention.Candidate(e.key, e.name.label, e.name.type, e.name.created, e.complete)
-            for e in entries]
+    return [
+        retention.Candidate(e.key, e.name.label, e.name.type, e.name.created, e.complete)
+        for e in entries
+    ]
 
 
-def prune(store, entries: list[Entry], policy: dict, now: datetime,
-          types: list[str] | None = None, label: str | None = None,
-          dry_run: bool = False) -> list[str]:
+def prune(
+    store,
+    entries: list[Entry],
+    policy: dict,
+    now: datetime,
+    types: list[str] | None = None,
+    label: str | None = None,
+    dry_run: bool = False,
+) -> list[str]:
     """Apply retention to listed entries; returns what was (or would be) deleted."""
     scoped = [e for e in entries if label is None or e.name.label == label]
     doomed = {c.key for c in retention.plan(candidates(scoped), policy, now, types)}
@@ -181,18 +318,42 @@ def plan(settings: Settings, backup_type: str = "daily", now: datetime | None = 
     store = store_for(settings)
     now = now or utcnow()
     entries = store.list()
+    offsite = s3_store_for(settings)
+    remote_entries, remote_error = [], ""
+    if offsite:
+        try:
+            remote_entries = offsite.list()
+        except LifeboatError as exc:
+            remote_error = str(exc)  # the real run would skip S3 retention too
     planned = []
     for target in settings.targets:
-        bname = store.unique_name(naming.build(
-            target.label, backup_type, now, naming.extension(settings.format, settings.compression)))
+        bname = store.unique_name(
+            naming.build(
+                target.label,
+                backup_type,
+                now,
+                naming.extension(settings.format, settings.compression),
+            )
+        )
         pending = retention.Candidate("new", target.label, backup_type, now, True)
-        scoped = [e for e in entries if e.name.label == target.label]
-        doomed = {c.key for c in retention.plan(candidates(scoped) + [pending],
-                                                settings.retention, now, [backup_type])}
-        planned.append({
+        would_delete = []
+        for found in (entries, remote_entries):  # each store keeps its own newest
+            scoped = [e for e in found if e.name.label == target.label]
+            doomed = {
+                c.key
+                for c in retention.plan(
+                    [*candidates(scoped), pending], settings.retention, now, [backup_type]
+                )
+            }
+            would_delete += [e.location for e in scoped if e.key in doomed]
+        item = {
             "database": target.label,
             "type": backup_type,
             "file": store.abspath(bname.path),
-            "would_delete": [e.location for e in scoped if e.key in doomed],
-        })
+            "would_delete": would_delete,
+        }
+        if offsite:
+            item["s3_key"] = offsite.url(bname.path)
+            item["s3_error"] = remote_error
+        planned.append(item)
     return planned

@@ -47,8 +47,9 @@ class ConnInfo:
         try:
             port = parts.port
         except ValueError:
-            raise ConfigError("Database URL has an invalid port.",
-                              "Use a number, e.g. host:5432.") from None
+            raise ConfigError(
+                "Database URL has an invalid port.", "Use a number, e.g. host:5432."
+            ) from None
         dbname = urllib.parse.unquote(parts.path.lstrip("/"))
         params = tuple(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
         # libpq lets the query name the database or host too; honour it.
@@ -69,11 +70,18 @@ class ConnInfo:
             try:
                 port = int(query_port)
             except ValueError:
-                raise ConfigError("Database URL has an invalid port.",
-                                  "Use a number, e.g. ?port=5432.") from None
+                raise ConfigError(
+                    "Database URL has an invalid port.", "Use a number, e.g. ?port=5432."
+                ) from None
         user = extra.pop("user", None) or urllib.parse.unquote(parts.username or "")
-        return cls(dbname=dbname, host=host, port=port, user=user, password=password,
-                   params=tuple(sorted(extra.items())))
+        return cls(
+            dbname=dbname,
+            host=host,
+            port=port,
+            user=user,
+            password=password,
+            params=tuple(sorted(extra.items())),
+        )
 
     def with_dbname(self, dbname: str) -> ConnInfo:
         return ConnInfo(dbname, self.host, self.port, self.user, self.password, self.params)
@@ -97,8 +105,9 @@ class ConnInfo:
         if self.port:
             netloc += f":{self.port}"
         query = urllib.parse.urlencode(sorted(params.items()))
-        return urllib.parse.urlunsplit(("postgresql", netloc, "/" + quote(self.dbname, safe=""),
-                                        query, ""))
+        return urllib.parse.urlunsplit(
+            ("postgresql", netloc, "/" + quote(self.dbname, safe=""), query, "")
+        )
 
     def where(self) -> str:
         """Short human description: `db on host:port as user`."""
@@ -153,4 +162,3 @@ def redact(text: str, *secrets: str | None) -> str:
             for form in {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)}:
                 text = text.replace(form, "********")
     return _URL_PASSWORD.sub(r"\1********@", text)
-

@@ -9,6 +9,7 @@ snapshot, which a restore can be verified against.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -187,8 +188,9 @@ def pg_dump_argv(pg_dump: str, conn: ConnInfo, opts: DumpOptions, out_dir: str |
     return argv
 
 
-def stream_dump(conn: ConnInfo, opts: DumpOptions, sink: BinaryIO,
-                progress: Progress | None = None) -> DumpResult:
+def stream_dump(
+    conn: ConnInfo, opts: DumpOptions, sink: BinaryIO, progress: Progress | None = None
+) -> DumpResult:
     """Dump `conn` as plain or custom format into `sink`; check the output."""
     pg_dump = pg.find_tool("pg_dump", opts.pg_bin_dir)
     result = DumpResult(pg_dump_version=pg.tool_version(pg_dump))
@@ -199,12 +201,21 @@ def stream_dump(conn: ConnInfo, opts: DumpOptions, sink: BinaryIO,
     head = b""
     tail = b""
     with client_env(conn) as env, tempfile.TemporaryFile() as errfile:
-        proc = subprocess.Popen(pg_dump_argv(pg_dump, conn, opts, None), stdout=subprocess.PIPE,
-                                stderr=errfile, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            pg_dump_argv(pg_dump, conn, opts, None),
+            stdout=subprocess.PIPE,
+            stderr=errfile,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
         try:
             _grow_pipe(proc.stdout)
-            writer = compress.compressor(hasher, codec, compress.check(codec, opts.level)
-                                         if codec != "none" else 0, opts.threads)
+            writer = compress.compressor(
+                hasher,
+                codec,
+                compress.check(codec, opts.level) if codec != "none" else 0,
+                opts.threads,
+            )
             last_report = started
             while True:
                 chunk = proc.stdout.read(CHUNK)
@@ -254,8 +265,13 @@ def directory_dump(conn: ConnInfo, opts: DumpOptions, out_dir: str) -> DumpResul
     result = DumpResult(pg_dump_version=pg.tool_version(pg_dump))
     started = time.monotonic()
     with client_env(conn) as env:
-        proc = subprocess.run(pg_dump_argv(pg_dump, conn, opts, out_dir), capture_output=True,
-                              stdin=subprocess.DEVNULL, env=env, check=False)
+        proc = subprocess.run(
+            pg_dump_argv(pg_dump, conn, opts, out_dir),
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            check=False,
+        )
     stderr = redact(proc.stderr.decode("utf-8", "replace"), conn.password)
     if proc.returncode != 0:
         raise _dump_error(proc.returncode, stderr, conn)
@@ -279,53 +295,65 @@ def tree_digest(root: str) -> tuple[str, int, list[str]]:
     return digest.hexdigest(), total, names
 
 
-_DISK_HINT = ("Free space (`df -h`), lower lifeboat_retention, or point lifeboat_backup_dir "
-              "at a larger disk.")
+_DISK_HINT = (
+    "Free space (`df -h`), lower lifeboat_retention, or point lifeboat_backup_dir at a larger disk."
+)
 
 
 def _write_error(exc: OSError) -> LifeboatError:
     if exc.errno == 28:  # ENOSPC
         return DiskFull("Failed to write backup: disk full (No space left on device).", _DISK_HINT)
-    return StorageError(f"Failed to write backup: {exc.strerror or exc}.",
-                        "Check that the backup directory is writable by this user.")
+    return StorageError(
+        f"Failed to write backup: {exc.strerror or exc}.",
+        "Check that the backup directory is writable by this user.",
+    )
 
 
 def _dump_error(returncode: int, stderr: str, conn: ConnInfo) -> LifeboatError:
     text = stderr.strip()
     if returncode < 0:
-        return DumpFailed(f"pg_dump of {conn.where()} was killed by signal {-returncode}.",
-                          "Nothing was kept. Check for the OOM killer (`dmesg`) or an operator "
-                          "stopping it, then run the backup again.")
+        return DumpFailed(
+            f"pg_dump of {conn.where()} was killed by signal {-returncode}.",
+            "Nothing was kept. Check for the OOM killer (`dmesg`) or an operator "
+            "stopping it, then run the backup again.",
+        )
     if "No space left on device" in text:
         return DiskFull("Failed to write backup: disk full (No space left on device).", _DISK_HINT)
     return pg.explain(text, conn, "dump") or DumpFailed(
         f"pg_dump of {conn.where()} failed (exit {returncode}): {text}",
-        "Nothing was kept. Check the server log, then run the backup again.")
+        "Nothing was kept. Check the server log, then run the backup again.",
+    )
 
 
 def _check_stream(fmt: str, head: bytes, tail: bytes, size: int, counter, conn) -> None:
     where = conn.where()
     if size == 0:
-        raise DumpFailed(f"pg_dump of {where} produced no output.",
-                         "Nothing was kept. Run pg_dump by hand to see why.")
+        raise DumpFailed(
+            f"pg_dump of {where} produced no output.",
+            "Nothing was kept. Run pg_dump by hand to see why.",
+        )
     if fmt == "plain":
         if PLAIN_HEADER not in head[:1024]:
-            raise DumpFailed(f"Dump of {where} lacks the 'PostgreSQL database dump' header.",
-                             "Nothing was kept. Check that pg_dump is PostgreSQL's.")
+            raise DumpFailed(
+                f"Dump of {where} lacks the 'PostgreSQL database dump' header.",
+                "Nothing was kept. Check that pg_dump is PostgreSQL's.",
+            )
         if PLAIN_TRAILER not in tail[-512:] or not counter.complete:
-            raise DumpFailed(f"Dump of {where} is truncated: no 'dump complete' trailer.",
-                             "Nothing was kept. Run the backup again; check the server log.")
+            raise DumpFailed(
+                f"Dump of {where} is truncated: no 'dump complete' trailer.",
+                "Nothing was kept. Run the backup again; check the server log.",
+            )
     elif fmt == "custom" and not head.startswith(CUSTOM_MAGIC):
-        raise DumpFailed(f"Dump of {where} is not a custom-format archive.",
-                         "Nothing was kept. Check that pg_dump is PostgreSQL's.")
+        raise DumpFailed(
+            f"Dump of {where} is not a custom-format archive.",
+            "Nothing was kept. Check that pg_dump is PostgreSQL's.",
+        )
 
 
 def _grow_pipe(pipe) -> None:
     # Fewer, larger reads: the default 64 KiB pipe costs a syscall per 64 KiB.
-    try:
+    with contextlib.suppress(OSError):
         fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, CHUNK)
-    except OSError:
-        pass
 
 
 def _kill(proc: subprocess.Popen) -> None:

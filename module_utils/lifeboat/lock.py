@@ -20,10 +20,15 @@ def hold(lock_dir: str, label: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise LockBusy(f"Another lifeboat run for {label} is in progress (pid {holder}).",
-                           "Wait for it to finish; the lock frees itself when that process ends.")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise LockBusy(
+                f"Another lifeboat run for {label} is in progress (pid {holder}).",
+                "Wait for it to finish; the lock frees itself when that process ends.",
+            ) from None
+        # The pid is only a courtesy for the next run's message: a full disk
+        # must not turn into a failure here.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)

@@ -17,10 +17,23 @@ SCHEMA = 1
 REQUIRED = ("database", "type", "format", "compression", "size", "sha256", "file")
 
 
-def build(*, file: str, database: str, label: str, url: str, backup_type: str, fmt: str,
-          compression: str, level: int | None, dump, server_version: str,
-          started: datetime, finished: datetime, tables: dict[str, int],
-          rows_exact: bool) -> dict:
+def build(
+    *,
+    file: str,
+    database: str,
+    label: str,
+    url: str,
+    backup_type: str,
+    fmt: str,
+    compression: str,
+    level: int | None,
+    dump,
+    server_version: str,
+    started: datetime,
+    finished: datetime,
+    tables: dict[str, int],
+    rows_exact: bool,
+) -> dict:
     return {
         "schema": SCHEMA,
         "file": file,
@@ -61,10 +74,14 @@ def loads(data: bytes, where: str) -> dict:
     try:
         manifest = json.loads(data)
     except ValueError as exc:
-        raise VerificationFailed(f"Manifest {where} is not valid JSON: {exc}.",
-                                 "The backup cannot be trusted; use another one.") from None
+        raise VerificationFailed(
+            f"Manifest {where} is not valid JSON: {exc}.",
+            "The backup cannot be trusted; use another one.",
+        ) from None
     missing = [key for key in REQUIRED if key not in manifest]
     if not isinstance(manifest, dict) or missing:
-        raise VerificationFailed(f"Manifest {where} lacks {', '.join(missing)}.",
-                                 "The backup cannot be trusted; use another one.")
+        raise VerificationFailed(
+            f"Manifest {where} lacks {', '.join(missing)}.",
+            "The backup cannot be trusted; use another one.",
+        )
     return manifest

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from .errors import ConfigError
 
 SCHEDULED_TYPES = ("daily", "weekly", "monthly")
-BACKUP_TYPES = SCHEDULED_TYPES + ("pre-restore",)
+BACKUP_TYPES = (*SCHEDULED_TYPES, "pre-restore")
 
 # format/compression -> file extension; plain SQL is the guide's default.
 EXTENSIONS = {
@@ -27,14 +27,16 @@ EXTENSIONS = {
     ("directory", "none"): ".dir",
 }
 MANIFEST_SUFFIX = ".manifest.json"
+GLOBALS_SUFFIX = ".globals.sql"  # pg_dumpall --globals-only beside a backup (cluster_globals)
 PARTIAL_SUFFIX = ".partial"
 TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
 
 _NAME = re.compile(
     r"^(?P<label>.+)-(?P<type>" + "|".join(map(re.escape, BACKUP_TYPES)) + r")-backup-"
     r"(?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})(?:-(?P<seq>\d+))?"
-    r"(?P<ext>" + "|".join(sorted({re.escape(e) for e in EXTENSIONS.values()}, key=len,
-                                   reverse=True)) + r")$"
+    r"(?P<ext>"
+    + "|".join(sorted({re.escape(e) for e in EXTENSIONS.values()}, key=len, reverse=True))
+    + r")$"
 )
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
 

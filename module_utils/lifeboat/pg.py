@@ -25,8 +25,10 @@ from .errors import (
     VersionMismatch,
 )
 
-INSTALL_HINT = ("Install the PostgreSQL client tools: `sudo apt-get install postgresql-client` "
-                "(or run playbooks/provision.yml).")
+INSTALL_HINT = (
+    "Install the PostgreSQL client tools: `sudo apt-get install postgresql-client` "
+    "(or run playbooks/provision.yml)."
+)
 
 # Catalog query for user tables in pg_dump's own quoting (format %I.%I), so
 # counts taken from a dump and from a database can be compared by name.
@@ -48,8 +50,9 @@ def find_tool(name: str, bin_dir: str | None = None) -> str:
         path = os.path.join(bin_dir, name)
         if os.access(path, os.X_OK):
             return path
-        raise ToolNotFound(f"{name}: command not found in {bin_dir} (lifeboat_pg_bin_dir).",
-                           INSTALL_HINT)
+        raise ToolNotFound(
+            f"{name}: command not found in {bin_dir} (lifeboat_pg_bin_dir).", INSTALL_HINT
+        )
     versioned = glob.glob(f"/usr/lib/postgresql/*/bin/{name}")
     versioned.sort(key=_major_of_dir, reverse=True)
     for path in versioned:
@@ -108,7 +111,8 @@ def classify(message: str, conn: ConnInfo, action: str = "connect to") -> Lifebo
     """Turn libpq error text into a typed error with a next step."""
     return explain(message, conn, action) or ConnectionFailed(
         f"Failed to {action} {conn.where()}: {' '.join(message.split())}",
-        "Check the server log for details.")
+        "Check the server log for details.",
+    )
 
 
 def explain(message: str, conn: ConnInfo, action: str) -> LifeboatError | None:
@@ -116,26 +120,36 @@ def explain(message: str, conn: ConnInfo, action: str) -> LifeboatError | None:
     text = " ".join(message.split())
     where = conn.where()
     lowered = text.lower()
-    if "password authentication failed" in lowered or "no password supplied" in lowered \
-            or "authentication failed" in lowered:
+    if (
+        "password authentication failed" in lowered
+        or "no password supplied" in lowered
+        or "authentication failed" in lowered
+    ):
         return AuthenticationFailed(
             f"Failed to {action} {where}: authentication failed.",
             "Check the user and password in DATABASE_URL (percent-encode special characters, "
             "e.g. @ as %40) and the server's pg_hba.conf.",
         )
-    if "connection refused" in lowered or "could not connect" in lowered \
-            or "could not translate host name" in lowered or "timeout expired" in lowered \
-            or ("no such file or directory" in lowered and "socket" in lowered) \
-            or "the database system is shutting down" in lowered \
-            or "server closed the connection unexpectedly" in lowered \
-            or "terminating connection" in lowered:
+    if (
+        "connection refused" in lowered
+        or "could not connect" in lowered
+        or "could not translate host name" in lowered
+        or "timeout expired" in lowered
+        or ("no such file or directory" in lowered and "socket" in lowered)
+        or "the database system is shutting down" in lowered
+        or "server closed the connection unexpectedly" in lowered
+        or "terminating connection" in lowered
+    ):
         return ConnectionFailed(
             f"Failed to {action} {where}: {text}",
             "Check that PostgreSQL is running (`sudo systemctl status postgresql`) and that "
             "`psql \"$DATABASE_URL\" -c 'SELECT version();'` works from this host.",
         )
-    if "permission denied" in lowered or "must be owner" in lowered \
-            or "must be superuser" in lowered:
+    if (
+        "permission denied" in lowered
+        or "must be owner" in lowered
+        or "must be superuser" in lowered
+    ):
         return PermissionDenied(
             f"Failed to {action} {where}: {text}",
             f"Grant the role what it needs, e.g. `GRANT CONNECT ON DATABASE {conn.dbname} TO "

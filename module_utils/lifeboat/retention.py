@@ -24,8 +24,8 @@ DEFAULT_POLICY = {"daily": 7, "weekly": 4, "monthly": 12, "pre-restore": 5}
 class Candidate:
     """What retention needs to know about one stored backup."""
 
-    key: str          # unique id in its store (relative path)
-    label: str        # database label
+    key: str  # unique id in its store (relative path)
+    label: str  # database label
     type: str
     created: datetime
     complete: bool
@@ -35,11 +35,14 @@ def check_policy(policy: dict | None) -> dict[str, int]:
     merged = dict(DEFAULT_POLICY)
     for key, value in (policy or {}).items():
         if key not in DEFAULT_POLICY:
-            raise ConfigError(f"Unknown retention type {key!r}.",
-                              f"Use {', '.join(DEFAULT_POLICY)}.")
+            raise ConfigError(
+                f"Unknown retention type {key!r}.", f"Use {', '.join(DEFAULT_POLICY)}."
+            )
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"Retention for {key} must be a whole number of at least 1.",
-                              "Example: {daily: 7, weekly: 4, monthly: 12}.")
+            raise ConfigError(
+                f"Retention for {key} must be a whole number of at least 1.",
+                "Example: {daily: 7, weekly: 4, monthly: 12}.",
+            )
         merged[key] = value
     return merged
 
@@ -61,8 +64,12 @@ def cutoff(backup_type: str, amount: int, now: datetime) -> datetime | None:
     return None
 
 
-def plan(backups: Iterable[Candidate], policy: dict[str, int], now: datetime,
-         types: Iterable[str] | None = None) -> list[Candidate]:
+def plan(
+    backups: Iterable[Candidate],
+    policy: dict[str, int],
+    now: datetime,
+    types: Iterable[str] | None = None,
+) -> list[Candidate]:
     """The backups to delete, oldest first. Deletes nothing itself."""
     wanted = set(types) if types is not None else set(policy)
     groups: dict[tuple[str, str], list[Candidate]] = {}

@@ -7,6 +7,7 @@ manifest sees a complete file. The S3 store follows the same contract.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -26,11 +27,11 @@ class Entry:
     """A backup file in a store; `complete` means its manifest is there."""
 
     store: str
-    path: str          # `<type>/<name>`, the same in every store
+    path: str  # `<type>/<name>`, the same in every store
     name: naming.BackupName
     size: int
     complete: bool
-    location: str      # absolute path or s3:// URL, for people
+    location: str  # absolute path or s3:// URL, for people
 
     @property
     def key(self) -> str:
@@ -39,12 +40,16 @@ class Entry:
 
 def _storage_error(action: str, target: str, exc: OSError) -> StorageError:
     if exc.errno == errno.ENOSPC:
-        return DiskFull(f"Failed to {action} {target}: disk full (No space left on device).",
-                        "Free space (`df -h`), lower lifeboat_retention, or point "
-                        "lifeboat_backup_dir at a larger disk.")
-    return StorageError(f"Failed to {action} {target}: {exc.strerror or exc}.",
-                        "Check that the backup directory exists, is writable by this user "
-                        "and is not on a read-only filesystem.")
+        return DiskFull(
+            f"Failed to {action} {target}: disk full (No space left on device).",
+            "Free space (`df -h`), lower lifeboat_retention, or point "
+            "lifeboat_backup_dir at a larger disk.",
+        )
+    return StorageError(
+        f"Failed to {action} {target}: {exc.strerror or exc}.",
+        "Check that the backup directory exists, is writable by this user "
+        "and is not on a read-only filesystem.",
+    )
 
 
 def _fsync_dir(path: str) -> None:
@@ -120,10 +125,9 @@ class LocalUpload:
 
     def abort(self) -> None:
         if self._fh is not None:
-            try:
+            # e.g. ENOSPC on the final flush: the file goes anyway
+            with contextlib.suppress(OSError):
                 self._fh.close()
-            except OSError:
-                pass  # e.g. ENOSPC on the final flush: the file goes anyway
             self._fh = None
         _unlink(self.partial)
 
@@ -160,10 +164,13 @@ class LocalStore:
 
     def unique_name(self, bname: naming.BackupName) -> naming.BackupName:
         """The same name with a sequence number if that second is taken."""
-        while any(os.path.lexists(self.abspath(bname.path) + suffix)
-                  for suffix in ("", naming.PARTIAL_SUFFIX, naming.MANIFEST_SUFFIX)):
-            bname = naming.BackupName(bname.created, bname.seq + 1, bname.label, bname.type,
-                                      bname.ext)
+        while any(
+            os.path.lexists(self.abspath(bname.path) + suffix)
+            for suffix in ("", naming.PARTIAL_SUFFIX, naming.MANIFEST_SUFFIX)
+        ):
+            bname = naming.BackupName(
+                bname.created, bname.seq + 1, bname.label, bname.type, bname.ext
+            )
         return bname
 
     def begin(self, bname: naming.BackupName) -> LocalUpload:
@@ -187,9 +194,16 @@ class LocalStore:
                 if parsed is None or parsed.type != backup_type:
                     continue
                 path = os.path.join(folder, name)
-                entries.append(Entry(
-                    store=self.kind, path=parsed.path, name=parsed, size=_size(path),
-                    complete=name + naming.MANIFEST_SUFFIX in names, location=path))
+                entries.append(
+                    Entry(
+                        store=self.kind,
+                        path=parsed.path,
+                        name=parsed,
+                        size=_size(path),
+                        complete=name + naming.MANIFEST_SUFFIX in names,
+                        location=path,
+                    )
+                )
         return sorted(entries, key=lambda e: e.name)
 
     def read_manifest(self, entry: Entry) -> dict:
@@ -208,6 +222,7 @@ class LocalStore:
         try:
             _unlink(entry.location + naming.MANIFEST_SUFFIX)
             _unlink(entry.location)
+            _unlink(entry.location + naming.GLOBALS_SUFFIX)
         except OSError as exc:
             raise _storage_error("delete", entry.location, exc) from None
 
@@ -224,7 +239,7 @@ class LocalStore:
                 if not name.endswith(naming.PARTIAL_SUFFIX):
                     continue
                 base = name[: -len(naming.PARTIAL_SUFFIX)]
-                base = base.removesuffix(naming.MANIFEST_SUFFIX)
+                base = base.removesuffix(naming.MANIFEST_SUFFIX).removesuffix(naming.GLOBALS_SUFFIX)
                 parsed = naming.parse(base)
                 if parsed and parsed.label == label:
                     _unlink(os.path.join(folder, name))

@@ -3,7 +3,8 @@
 Reads the file once: sha256 and size against the manifest, full
 decompression, the plain dump's header and completion trailer, and the row
 count of every COPY block against the manifest; `pg_restore --list` for
-custom and directory archives. Deep checks (a real restore) live in restore.
+custom and directory archives. Deep checks (a restore drill into a scratch
+database) live in drill.py; the drill and globals settings are checked here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 
 from . import compress, dump, naming, pg
 from . import manifest as manifests
-from .errors import LifeboatError, VerificationFailed
+from .conninfo import ConnInfo
+from .errors import ConfigError, LifeboatError, VerificationFailed
 
 REMEDY = "Do not restore from it: delete it and take a new backup (`lifeboat backup`)."
 
@@ -51,8 +53,9 @@ def detect(path: str) -> tuple[str, str]:
     return "plain", compression
 
 
-def verify_file(path: str, manifest: dict | None = None, bin_dir: str | None = None,
-                progress=None) -> Report:
+def verify_file(
+    path: str, manifest: dict | None = None, bin_dir: str | None = None, progress=None
+) -> Report:
     """Check one backup file (or directory archive); raise VerificationFailed on any fault."""
     report = Report(path)
     if not os.path.exists(path):
@@ -120,7 +123,7 @@ def _verify_stream(path, fmt, compression, manifest, report, progress) -> None:
                     progress(plain, size)
         except LifeboatError:
             raise
-        except Exception as exc:  # zlib/isal/zstd raise their own types
+        except Exception as exc:  # zlib-ng/zstd raise their own types
             raise _fail(path, f"{compression} stream is corrupt or truncated ({exc})") from None
     if codec != "none":
         report.checks.append(f"{compression} stream complete ({plain} bytes uncompressed)")
@@ -156,9 +159,60 @@ def _verify_directory(path, manifest, report) -> None:
 
 def _pg_restore_list(path, bin_dir, report) -> None:
     pg_restore = pg.find_tool("pg_restore", bin_dir)
-    proc = subprocess.run([pg_restore, "--list", path], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run([pg_restore, "--list", path], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise _fail(path, f"pg_restore --list failed: {proc.stderr.strip()}")
     entries = sum(1 for line in proc.stdout.splitlines() if line and not line.startswith(";"))
     report.checks.append(f"pg_restore --list reads {entries} entries")
+
+
+# --------------------------------------------------------------------------- drill settings
+
+
+def _flag(value, key: str) -> bool:
+    """A boolean setting that may come from the environment as a string."""
+    if isinstance(value, bool):
+        return value
+    text = str(value or "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"Setting {key} must be true or false, got {value!r}.", "Use true or false.")
+
+
+def _queries(value) -> dict[str, tuple[str, ...]]:
+    """verify_queries: a list for every database, or {database: [sql, ...]}."""
+    hint = (
+        "Give a list of SQL returning true (e.g. ['SELECT count(*) > 0 FROM users']), "
+        "or a mapping of database name to such a list."
+    )
+    if not value:
+        return {}
+    if isinstance(value, str):
+        value = [value]
+    per = {"*": value} if isinstance(value, (list, tuple)) else value
+    if not isinstance(per, dict):
+        raise ConfigError(f"Setting verify_queries has the wrong shape: {value!r}.", hint)
+    checked = {}
+    for label, items in per.items():
+        items = [items] if isinstance(items, str) else items
+        if not isinstance(items, (list, tuple)) or not all(
+            isinstance(q, str) and q.strip() for q in items
+        ):
+            raise ConfigError(f"verify_queries for {label!r} must be a list of SQL strings.", hint)
+        checked[str(label)] = tuple(q.strip() for q in items)
+    return checked
+
+
+def check_config(merged: dict) -> dict:
+    """Validate the drill and globals settings; returns Settings fields."""
+    server = merged.get("drill_server") or None
+    if server:
+        ConnInfo.from_url(server)  # fails early with the URL format in the hint
+    return {
+        "verify_queries": _queries(merged.get("verify_queries")),
+        "drill_server": server,
+        "globals": _flag(merged.get("globals"), "globals"),
+        "globals_passwords": _flag(merged.get("globals_passwords"), "globals_passwords"),
+    }

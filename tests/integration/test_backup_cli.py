@@ -23,11 +23,14 @@ def backups_of(backup_dir: Path, type_="daily") -> list[Path]:
     return sorted(p for p in folder.iterdir() if naming.parse(p.name))
 
 
-def test_backup_restores_with_stock_psql_and_data_is_identical(app_db, pg, backup_dir,
-                                                              lifeboat_env):
-    app_db.sql("CREATE TABLE odd (id int, t text, b bytea, j jsonb);"
-               "INSERT INTO odd VALUES (1, E'tab\\there back\\\\slash', '\\x00ff', '{\"a\": [1]}'),"
-               "(2, NULL, NULL, NULL), (3, 'ünïcødé ✓', '', 'null');")
+def test_backup_restores_with_stock_psql_and_data_is_identical(
+    app_db, pg, backup_dir, lifeboat_env
+):
+    app_db.sql(
+        "CREATE TABLE odd (id int, t text, b bytea, j jsonb);"
+        "INSERT INTO odd VALUES (1, E'tab\\there back\\\\slash', '\\x00ff', '{\"a\": [1]}'),"
+        "(2, NULL, NULL, NULL), (3, 'ünïcødé ✓', '', 'null');"
+    )
     env = dict(lifeboat_env, DATABASE_URL=app_db.url)
     proc = run_cli(["backup"], env, check=True)
     [dump] = backups_of(backup_dir)
@@ -49,23 +52,30 @@ def test_backup_restores_with_stock_psql_and_data_is_identical(app_db, pg, backu
 
     # Restore with stock tools only, into a new database; compare every row.
     copy = make_db(pg, seed=False)
-    subprocess.run(f"gunzip -c {dump} | psql -X -q -v ON_ERROR_STOP=1 -d '{copy.url}'",
-                   shell=True, check=True, capture_output=True)  # noqa: S602 - the guide's pipeline
+    subprocess.run(
+        f"gunzip -c {dump} | psql -X -q -v ON_ERROR_STOP=1 -d '{copy.url}'",
+        shell=True,
+        check=True,
+        capture_output=True,
+    )
     assert fingerprint(copy) == fingerprint(app_db)
 
 
 def test_secrets_never_reach_output_manifest_or_argv(app_db, backup_dir, lifeboat_env):
     env = dict(lifeboat_env, DATABASE_URL=app_db.url)
-    proc = subprocess.Popen([str(Path(env["PATH"].split(":")[0]) / "lifeboat"), "backup"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(Path(env["PATH"].split(":")[0]) / "lifeboat"), "backup"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen_argv = []
     while proc.poll() is None:
         for pid in os.listdir("/proc"):
             if pid.isdigit():
-                try:
+                with contextlib.suppress(OSError):
                     seen_argv.append(Path(f"/proc/{pid}/cmdline").read_bytes())
-                except OSError:
-                    pass
     out, err = proc.communicate()
     assert proc.returncode == 0, err
     encoded = app_db.url.split(":")[2].split("@")[0]
@@ -79,10 +89,17 @@ def test_secrets_never_reach_output_manifest_or_argv(app_db, backup_dir, lifeboa
 def test_formats_and_codecs_restore_with_stock_tools(app_db, pg, backup_dir, lifeboat_env):
     env = dict(lifeboat_env, DATABASE_URL=app_db.url)
     cases = {
-        "zstd": (["LIFEBOAT_COMPRESSION=zstd"], ".sql.zst", "zstd -dc {f} | psql -X -q -v ON_ERROR_STOP=1 -d '{u}'"),
+        "zstd": (
+            ["LIFEBOAT_COMPRESSION=zstd"],
+            ".sql.zst",
+            "zstd -dc {f} | psql -X -q -v ON_ERROR_STOP=1 -d '{u}'",
+        ),
         "custom": (["LIFEBOAT_FORMAT=custom"], ".dump", "pg_restore --no-owner -d '{u}' {f}"),
-        "directory": (["LIFEBOAT_FORMAT=directory", "LIFEBOAT_JOBS=2"], ".dir",
-                      "pg_restore --no-owner -j 2 -d '{u}' {f}"),
+        "directory": (
+            ["LIFEBOAT_FORMAT=directory", "LIFEBOAT_JOBS=2"],
+            ".dir",
+            "pg_restore --no-owner -j 2 -d '{u}' {f}",
+        ),
     }
     for label, (settings, ext, restore_cmd) in cases.items():
         case_env = dict(env, **dict(s.split("=") for s in settings))
@@ -93,18 +110,24 @@ def test_formats_and_codecs_restore_with_stock_tools(app_db, pg, backup_dir, lif
         if label == "zstd" and subprocess.run(["which", "zstd"], capture_output=True).returncode:
             continue  # the zstd CLI is optional on the test machine
         copy = make_db(pg, seed=False)
-        subprocess.run(restore_cmd.format(f=dump, u=copy.url), shell=True, check=True,  # noqa: S602
-                       capture_output=True)
+        subprocess.run(
+            restore_cmd.format(f=dump, u=copy.url),
+            shell=True,
+            check=True,
+            capture_output=True,
+        )
         assert fingerprint(copy) == fingerprint(app_db), label
 
 
-def test_several_databases_one_failing_does_not_stop_the_others(app_db, pg, backup_dir,
-                                                                lifeboat_env, tmp_path):
+def test_several_databases_one_failing_does_not_stop_the_others(
+    app_db, pg, backup_dir, lifeboat_env, tmp_path
+):
     second = make_db(pg)
     bad = app_db.url.replace("%40", "%41", 1)  # wrong password
     config = tmp_path / "lifeboat.yml"
-    config.write_text(json.dumps({"databases": [
-        {"url": app_db.url}, {"url": bad, "name": "broken"}, second.url]}))
+    config.write_text(
+        json.dumps({"databases": [{"url": app_db.url}, {"url": bad, "name": "broken"}, second.url]})
+    )
     proc = run_cli(["backup", "--config", str(config)], lifeboat_env)
     assert proc.returncode == 1
     assert "broken daily: FAILED" in proc.stdout and "authentication failed" in proc.stdout
@@ -115,6 +138,7 @@ def test_several_databases_one_failing_does_not_stop_the_others(app_db, pg, back
 
 def test_server_down_is_a_clear_error_and_leaves_nothing(pg_tmp, backup_dir, lifeboat_env):
     import pgcluster
+
     down = pgcluster.Cluster(pg_tmp / "down", pgcluster.free_port())
     env = dict(lifeboat_env, DATABASE_URL=f"postgresql://u:pw@127.0.0.1:{down.port}/db")
     proc = run_cli(["backup"], env)
@@ -124,8 +148,10 @@ def test_server_down_is_a_clear_error_and_leaves_nothing(pg_tmp, backup_dir, lif
 
 
 def test_permission_denied_names_the_grant(app_db, pg, backup_dir, lifeboat_env):
-    pg.psql("DO $$ BEGIN CREATE ROLE reader LOGIN PASSWORD 'reader'; "
-            "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    pg.psql(
+        "DO $$ BEGIN CREATE ROLE reader LOGIN PASSWORD 'reader'; "
+        "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
     app_db.sql("REVOKE ALL ON TABLE users FROM PUBLIC")
     url = app_db.url.replace(app_db.url.split("//")[1].split("@")[0], "reader:reader")
     proc = run_cli(["backup"], dict(lifeboat_env, DATABASE_URL=url))
@@ -156,8 +182,7 @@ def test_concurrent_run_is_refused_by_the_lock(app_db, backup_dir, lifeboat_env)
 
 
 def test_dry_run_changes_nothing(app_db, backup_dir, lifeboat_env):
-    proc = run_cli(["backup", "--dry-run"], dict(lifeboat_env, DATABASE_URL=app_db.url),
-                   check=True)
+    proc = run_cli(["backup", "--dry-run"], dict(lifeboat_env, DATABASE_URL=app_db.url), check=True)
     assert "would write" in proc.stdout
     assert not (backup_dir / "daily").exists() or backups_of(backup_dir) == []
 
@@ -174,13 +199,19 @@ def test_list_shows_a_table(app_db, backup_dir, lifeboat_env):
 
 
 @pytest.mark.parametrize("target", ["pg_dump", "lifeboat"])
-def test_killed_mid_stream_keeps_nothing_and_next_run_cleans_up(target, pg, backup_dir,
-                                                                lifeboat_env):
+def test_killed_mid_stream_keeps_nothing_and_next_run_cleans_up(
+    target, pg, backup_dir, lifeboat_env
+):
     db = make_db(pg, seed=False)
     db.sql("CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 400000) g")
     env = dict(lifeboat_env, DATABASE_URL=db.url)
-    proc = subprocess.Popen([str(Path(env["PATH"].split(":")[0]) / "lifeboat"), "backup"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(Path(env["PATH"].split(":")[0]) / "lifeboat"), "backup"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     victim = _wait_for_child(proc.pid, "pg_dump")
     os.kill(victim if target == "pg_dump" else proc.pid, 19)  # SIGSTOP: freeze mid-stream
     os.kill(victim if target == "pg_dump" else proc.pid, 9)
@@ -201,6 +232,7 @@ def test_killed_mid_stream_keeps_nothing_and_next_run_cleans_up(target, pg, back
 
 def _wait_for_child(parent: int, name: str, timeout: float = 20.0) -> int:
     import time
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in os.listdir("/proc"):
@@ -211,7 +243,9 @@ def _wait_for_child(parent: int, name: str, timeout: float = 20.0) -> int:
             except OSError:
                 continue
             fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-            if fields.get("Name", "").strip() != name or fields.get("PPid", "").strip() != str(parent):
+            if fields.get("Name", "").strip() != name or fields.get("PPid", "").strip() != str(
+                parent
+            ):
                 continue
             with contextlib.suppress(OSError):
                 if b"--dbname" in Path(f"/proc/{pid}/cmdline").read_bytes():  # the dump itself

@@ -11,8 +11,13 @@ from lifeboat import naming
 
 def playbook(env: dict, *args: str) -> subprocess.CompletedProcess:
     env = dict(env, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
-    return subprocess.run(["ansible-playbook", "playbooks/backup.yml", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True)
+    return subprocess.run(
+        ["ansible-playbook", "playbooks/backup.yml", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_playbook_backs_up_and_prints_a_summary(app_db, backup_dir, lifeboat_env):
@@ -30,8 +35,9 @@ def test_weekly_type_goes_to_its_folder(app_db, backup_dir, lifeboat_env):
     env = dict(lifeboat_env, DATABASE_URL=app_db.url)
     proc = playbook(env, "-e", f"lifeboat_backup_dir={backup_dir}", "-e", "backup_type=weekly")
     assert proc.returncode == 0, proc.stdout
-    assert [naming.parse(p.name).type for p in (backup_dir / "weekly").iterdir()
-            if naming.parse(p.name)] == ["weekly"]
+    assert [
+        naming.parse(p.name).type for p in (backup_dir / "weekly").iterdir() if naming.parse(p.name)
+    ] == ["weekly"]
 
 
 def test_unknown_type_fails_before_anything_runs(app_db, backup_dir, lifeboat_env):

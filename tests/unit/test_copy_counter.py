@@ -2,12 +2,14 @@ import random
 
 from lifeboat.dump import CopyCounter
 
-DUMP = (b"--\n-- PostgreSQL database dump\n--\n\nCREATE TABLE public.t (a text);\n"
-        b"COPY public.t (a) FROM stdin;\nx\n\\\\.\nhello\\tworld\n\\.\n\n"
-        b"COPY public.\"Empty Table\" (id) FROM stdin;\n\\.\n\n"
-        b"-- a comment mentioning COPY public.t (a) FROM stdin;\n"
-        b"COPY \"odd\"\"schema\".t2 (b, c) FROM stdin;\n1\t2\n3\t\\N\n\\.\n"
-        b"--\n-- PostgreSQL database dump complete\n--\n\n")
+DUMP = (
+    b"--\n-- PostgreSQL database dump\n--\n\nCREATE TABLE public.t (a text);\n"
+    b"COPY public.t (a) FROM stdin;\nx\n\\\\.\nhello\\tworld\n\\.\n\n"
+    b'COPY public."Empty Table" (id) FROM stdin;\n\\.\n\n'
+    b"-- a comment mentioning COPY public.t (a) FROM stdin;\n"
+    b'COPY "odd""schema".t2 (b, c) FROM stdin;\n1\t2\n3\t\\N\n\\.\n'
+    b"--\n-- PostgreSQL database dump complete\n--\n\n"
+)
 EXPECTED = {"public.t": 3, 'public."Empty Table"': 0, '"odd""schema".t2': 2}
 
 
@@ -15,7 +17,7 @@ def feed_in_pieces(data, sizes):
     counter = CopyCounter()
     pos = 0
     for size in sizes:
-        counter.feed(data[pos:pos + size])
+        counter.feed(data[pos : pos + size])
         pos += size
     counter.feed(data[pos:])
     return counter

@@ -1,4 +1,5 @@
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -17,21 +18,33 @@ def test_guide_name_round_trips():
 
 def test_pre_restore_and_sequence_parse():
     parsed = naming.parse("my_db-pre-restore-backup-2025-01-15T14-30-00-2.dump")
-    assert (parsed.label, parsed.type, parsed.seq, parsed.ext) == ("my_db", "pre-restore", 2,
-                                                                   ".dump")
+    assert (parsed.label, parsed.type, parsed.seq, parsed.ext) == (
+        "my_db",
+        "pre-restore",
+        2,
+        ".dump",
+    )
 
 
-@pytest.mark.parametrize("name", ["notes.txt", "plotzed-daily-backup-2025-01-15.sql.gz",
-                                  "plotzed-hourly-backup-2025-01-15T14-30-00.sql.gz",
-                                  "x-daily-backup-2025-01-15T14-30-00.sql.gz.partial"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "notes.txt",
+        "plotzed-daily-backup-2025-01-15.sql.gz",
+        "plotzed-hourly-backup-2025-01-15T14-30-00.sql.gz",
+        "x-daily-backup-2025-01-15T14-30-00.sql.gz.partial",
+    ],
+)
 def test_foreign_names_are_not_ours(name):
     assert naming.parse(name) is None
 
 
 def test_build_uses_utc():
     local = datetime(2025, 1, 15, 16, 30, tzinfo=timezone.utc).astimezone()
-    assert naming.build("db", "weekly", local, ".sql.gz").name == \
-        "db-weekly-backup-2025-01-15T16-30-00.sql.gz"
+    assert (
+        naming.build("db", "weekly", local, ".sql.gz").name
+        == "db-weekly-backup-2025-01-15T16-30-00.sql.gz"
+    )
 
 
 def test_unknown_type_is_refused():
@@ -44,10 +57,16 @@ def test_safe_label():
 
 
 def test_url_with_encoded_password():
-    conn = ConnInfo.from_url("postgresql://app%40x:p%40ss%3Aw%2Frd@db.example:6543/plot%20zed"
-                             "?sslmode=require")
-    assert (conn.user, conn.password, conn.host, conn.port, conn.dbname) == \
-        ("app@x", "p@ss:w/rd", "db.example", 6543, "plot zed")
+    conn = ConnInfo.from_url(
+        "postgresql://app%40x:p%40ss%3Aw%2Frd@db.example:6543/plot%20zed?sslmode=require"
+    )
+    assert (conn.user, conn.password, conn.host, conn.port, conn.dbname) == (
+        "app@x",
+        "p@ss:w/rd",
+        "db.example",
+        6543,
+        "plot zed",
+    )
     assert "p%40ss" not in conn.url() and "p@ss" not in conn.url()
     assert conn.url() == "postgresql://app%40x@db.example:6543/plot%20zed?sslmode=require"
     assert "password" not in repr(conn) and "p@ss" not in repr(conn)
@@ -59,8 +78,9 @@ def test_socket_host_in_query():
     assert "host=%2Frun%2Fpostgresql" in conn.url()
 
 
-@pytest.mark.parametrize("url", ["", "mysql://x/y", "postgresql://host:5432/",
-                                 "postgresql://host:abc/db"])
+@pytest.mark.parametrize(
+    "url", ["", "mysql://x/y", "postgresql://host:5432/", "postgresql://host:abc/db"]
+)
 def test_bad_urls_are_refused_with_a_hint(url):
     with pytest.raises(ConfigError) as err:
         ConnInfo.from_url(url)
@@ -69,11 +89,12 @@ def test_bad_urls_are_refused_with_a_hint(url):
 
 def test_passfile_is_private_and_removed():
     import os
+
     conn = ConnInfo.from_url("postgresql://u:se%3Acret@h/db")
     with client_env(conn) as env:
         path = env["PGPASSFILE"]
         assert os.stat(path).st_mode & 0o777 == 0o600
-        assert open(path).read() == "*:*:*:*:se\\:cret\n"
+        assert Path(path).read_text() == "*:*:*:*:se\\:cret\n"
     assert not os.path.exists(path)
 
 

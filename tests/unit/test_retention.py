@@ -44,8 +44,12 @@ def test_incomplete_backups_are_neither_deleted_nor_counted_as_newest():
 
 
 def test_types_and_databases_are_independent():
-    backups = [days_ago(20, label="a"), days_ago(20, label="b"),
-               days_ago(100, "weekly"), days_ago(200, "monthly")]
+    backups = [
+        days_ago(20, label="a"),
+        days_ago(20, label="b"),
+        days_ago(100, "weekly"),
+        days_ago(200, "monthly"),
+    ]
     assert plan(backups, POLICY, NOW) == []
 
 
@@ -75,8 +79,9 @@ def test_pre_restore_keeps_last_five_by_count():
 
 
 def test_types_filter_limits_the_plan():
-    backups = [days_ago(n) for n in range(12)] + [make("weekly", NOW - timedelta(weeks=n))
-                                                  for n in range(8)]
+    backups = [days_ago(n) for n in range(12)] + [
+        make("weekly", NOW - timedelta(weeks=n)) for n in range(8)
+    ]
     assert {b.type for b in plan(backups, POLICY, NOW, ["weekly"])} == {"weekly"}
 
 

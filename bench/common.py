@@ -1,0 +1,143 @@
+"""Shared benchmark fixtures: one generated database of about 1 GB, reused.
+
+The cluster lives in .cache/bench (ignored) and is kept between runs so the
+30 s of data generation is paid once per machine. Every benchmark reports
+ratios against a baseline measured in the same process, never absolute
+timings as pass/fail.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "module_utils"))
+
+import pgcluster  # noqa: E402
+
+CACHE = ROOT / ".cache" / "bench"
+DB = "benchdb"
+SCALE = int(os.environ.get("LIFEBOAT_BENCH_SCALE", "60"))  # pgbench scale; 60 ~ 1 GB with extras
+
+
+def big_database() -> tuple[pgcluster.Cluster, str]:
+    """Start (building on first use) the benchmark cluster; return it and a superuser URL."""
+    datadir = CACHE / "pgdata"
+    marker = CACHE / f"ready-{SCALE}-v2"
+    port_file = CACHE / "port"
+    if marker.exists() and datadir.exists():
+        cluster = pgcluster.Cluster(datadir, int(port_file.read_text()))
+        if not cluster.is_running():
+            cluster.start()
+        return cluster, socket_url(cluster, DB)
+    if datadir.exists():
+        pgcluster.Cluster(datadir, 0).stop("immediate")
+        subprocess.run(["rm", "-rf", str(CACHE)], check=True)
+    CACHE.mkdir(parents=True)
+    for path in (ROOT / ".cache", CACHE):
+        path.chmod(0o755)
+    cluster = pgcluster.Cluster(datadir, pgcluster.free_port())
+    port_file.write_text(str(cluster.port))
+    cluster.init()
+    cluster.start()
+    cluster.psql(f"CREATE DATABASE {DB}")
+    started = time.monotonic()
+    print(f"building the benchmark database (pgbench scale {SCALE} + 2M events)...", flush=True)
+    cluster._run(
+        "pgbench",
+        "-i",
+        "-q",
+        "-s",
+        str(SCALE),
+        "-h",
+        cluster.socket_dir,
+        "-p",
+        str(cluster.port),
+        "-U",
+        "postgres",
+        DB,
+    )
+    # pgbench's own rows are mostly blank padding, far easier to compress than
+    # application data; this table adds the entropy of real rows (ids, hashes,
+    # timestamps, emails, JSON).
+    cluster.psql(
+        "SELECT setseed(0.42); "
+        "CREATE TABLE events AS SELECT g AS id, md5(random()::text) AS digest, "
+        "now() - (random() * 1e6) * interval '1 second' AS at, (random() * 1000)::int AS kind, "
+        "'user' || (random() * 1e6)::int || '@example.com' AS email, "
+        "jsonb_build_object('user', (random() * 5e4)::int, "
+        "'path', '/plots/' || (random() * 977)::int, 'score', round(random()::numeric, 4), "
+        "'agent', (ARRAY['Mozilla/5.0 (X11; Linux x86_64)', 'curl/8.5.0', "
+        "'Mozilla/5.0 (Macintosh)'])[1 + (g % 3)]) AS payload "
+        "FROM generate_series(1, 2000000) g; ANALYZE;",
+        db=DB,
+    )
+    print(f"built in {time.monotonic() - started:.0f}s", flush=True)
+    marker.touch()
+    return cluster, socket_url(cluster, DB)
+
+
+def socket_url(cluster: pgcluster.Cluster, db: str) -> str:
+    return f"postgresql://postgres@/{db}?host={cluster.socket_dir}&port={cluster.port}"
+
+
+def timed(argv_or_fn, *, shell: bool = False, env=None) -> float:
+    """Wall time of a command (list or shell string) or a callable."""
+    started = time.perf_counter()
+    if callable(argv_or_fn):
+        argv_or_fn()
+    else:
+        subprocess.run(
+            argv_or_fn,
+            shell=shell,
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            executable="/bin/bash" if shell else None,
+        )
+    return time.perf_counter() - started
+
+
+def best_of(n: int, fn) -> float:
+    return min(fn() for _ in range(n))
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled, MiB)."""
+
+    def __enter__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            with open("/proc/self/statm") as fh:
+                rss = int(fh.read().split()[1]) * resource.getpagesize()
+            self.peak = max(self.peak, rss)
+            time.sleep(0.01)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.mib = self.peak / 2**20
+
+
+def report(title: str, rows: list[tuple[str, str, str, bool]]) -> bool:
+    """Print `metric  value  target  ok`; return whether every target was met."""
+    print(f"\n{title}")
+    width = max(len(r[0]) for r in rows)
+    for metric, value, target, ok in rows:
+        print(
+            f"  {metric.ljust(width)}  {value:>10}  target {target:<10} {'ok' if ok else 'MISSED'}"
+        )
+    return all(r[3] for r in rows)

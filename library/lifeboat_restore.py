@@ -1,0 +1,310 @@
+#!/usr/bin/python
+# Copyright: lifeboat contributors
+# MIT License
+"""Ansible adapter for lifeboat restores: parameters in, engine call, results out."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: lifeboat_restore
+short_description: Restore a PostgreSQL database safely with lifeboat
+description:
+  - Restores a backup into a scratch database created like the original (owner, encoding,
+    collation, database settings and grants), verifies exact row counts against the dump,
+    then swaps it into the original's name in one transaction and drops the replaced
+    database (or keeps it).
+  - The source is validated (sha256 against the manifest, full decompression, completion
+    trailer) before anything is touched; a corrupt or truncated file changes nothing.
+  - A pre-restore backup of the current database is taken first (type C(pre-restore),
+    kept by count) unless O(skip_pre_backup) is set.
+  - A failed or interrupted restore leaves the original database untouched; the next run
+    cleans up what a crashed one left behind.
+version_added: "0.1.0"
+author: lifeboat contributors
+options:
+  database_url:
+    description:
+      - URL of the database to restore, C(postgresql://user:password@host:5432/dbname).
+      - The role needs CREATEDB and ownership of the database (what a managed PostgreSQL owner
+        has), and C(pg_signal_backend) only to end other roles' sessions.
+    type: str
+  databases:
+    description:
+      - Several databases; with O(restore_latest) each gets its newest backup.
+    type: list
+    elements: raw
+    default: []
+  backup_dir:
+    description: Root of the local store (where O(restore_latest) looks, where the pre-restore
+      backup goes).
+    type: path
+    required: true
+  restore_latest:
+    description: Restore the newest complete backup of each database.
+    type: bool
+    default: false
+  restore_file:
+    description: Path of a lifeboat backup or a stock C(pg_dump) output (.sql, .sql.gz, custom).
+    type: path
+  restore_from_s3:
+    description: C(s3://BUCKET/KEY) of a backup (needs lifeboat's S3 support).
+    type: str
+  restore_type:
+    description:
+      - With O(restore_latest), only this type. Default is the newest daily, weekly or
+        monthly backup; C(pre-restore) undoes the last restore.
+    type: str
+    choices: [daily, weekly, monthly, pre-restore]
+  target_database:
+    description: Restore into this database instead (created or replaced the same safe way);
+      the original is left alone and no pre-restore backup is taken.
+    type: str
+  skip_pre_backup:
+    description: Do not take the pre-restore backup (faster, not advised).
+    type: bool
+    default: false
+  keep_replaced_database:
+    description: Keep the replaced database as C(<db>__lifeboat_replaced_<time>) instead of
+      dropping it.
+    type: bool
+    default: false
+  confirm:
+    description:
+      - Must be C(true) for a restore to run; without it the module fails at once and
+        changes nothing. Not needed in check mode or with O(dry_run).
+    type: bool
+    default: false
+  dry_run:
+    description: Report the plan and change nothing (as check mode).
+    type: bool
+    default: false
+  restore_globals:
+    description:
+      - First apply the backup's cluster globals file (saved with M(lifeboat_backup)'s
+        O(lifeboat_backup#module:globals)), e.g. on an empty server. Roles that exist are not
+        created again. Needs a superuser (or CREATEROLE) URL.
+    type: bool
+    default: false
+  format:
+    description: Format of the pre-restore backup.
+    type: str
+    choices: [plain, custom, directory]
+    default: plain
+  compression:
+    description: Compression of the pre-restore backup.
+    type: str
+    choices: [gzip, zstd, none]
+    default: gzip
+  compression_level:
+    description: Codec level of the pre-restore backup.
+    type: int
+  jobs:
+    description: C(pg_restore --jobs) for custom and directory archives.
+    type: int
+    default: 2
+  threads:
+    description: Compression threads for the pre-restore backup.
+    type: int
+    default: 2
+  pg_dump_args:
+    description: Extra C(pg_dump) arguments for the pre-restore backup.
+    type: list
+    elements: str
+    default: []
+  retention:
+    description: Retention per type; C(pre-restore) is a count (default 5).
+    type: dict
+    default: {}
+  pg_bin_dir:
+    description: Directory holding C(psql), C(pg_restore) and C(pg_dump).
+    type: path
+  s3_endpoint_url:
+    description: S3-compatible endpoint for O(restore_from_s3) and the S3 fallback.
+    type: str
+  s3_region:
+    description: S3 region; default from the AWS chain.
+    type: str
+  s3_bucket:
+    description:
+      - With O(restore_latest), when no complete local backup exists, the newest complete one
+        in C(s3://<s3_bucket>/<s3_prefix>/) is downloaded, checked and restored.
+      - S3 credentials come from the standard AWS chain on the host.
+    type: str
+  s3_prefix:
+    description: Key prefix in the bucket.
+    type: str
+    default: backups
+  s3_sse:
+    description: Accepted for symmetry with M(lifeboat_backup); not used by a restore.
+    type: str
+    choices: [AES256, aws:kms]
+  s3_sse_kms_key_id:
+    description: Accepted for symmetry with M(lifeboat_backup); not used by a restore.
+    type: str
+  s3_part_size_mb:
+    description: Accepted for symmetry with M(lifeboat_backup); not used by a restore.
+    type: int
+    default: 8
+  s3_max_attempts:
+    description: Attempts per S3 request.
+    type: int
+    default: 5
+attributes:
+  check_mode:
+    support: full
+    description: Returns the plan (backup, age, size, checks, what would be replaced, the
+      pre-restore backup) without acting.
+  diff_mode:
+    support: none
+notes:
+  - Connections to the database are blocked and ended only for the swap itself; the module
+    reports that window in milliseconds.
+seealso:
+  - module: lifeboat_backup
+"""
+
+EXAMPLES = r"""
+- name: Restore the newest backup of the app database
+  lifeboat_restore:
+    database_url: "{{ lifeboat_database_url }}"
+    backup_dir: /var/backups/lifeboat
+    restore_latest: true
+    confirm: true
+
+- name: Restore one file into a test database, leaving production alone
+  lifeboat_restore:
+    database_url: "{{ lifeboat_database_url }}"
+    backup_dir: /var/backups/lifeboat
+    restore_file: /var/backups/lifeboat/daily/plotzed-daily-backup-2025-01-15T02-00-00.sql.gz
+    target_database: plotzed_test
+    confirm: true
+
+- name: Show what a restore would do
+  lifeboat_restore:
+    database_url: "{{ lifeboat_database_url }}"
+    backup_dir: /var/backups/lifeboat
+    restore_latest: true
+    dry_run: true
+"""
+
+RETURN = r"""
+results:
+  description: One entry per database restored.
+  returned: when not a dry run
+  type: list
+  elements: dict
+  sample:
+    - database: plotzed
+      source: /var/backups/lifeboat/daily/plotzed-daily-backup-2025-01-15T02-00-00.sql.gz
+      ok: true
+      changed: true
+      pre_restore_backup: /var/backups/lifeboat/pre-restore/plotzed-pre-restore-backup-2025-01-15T09-12-00.sql.gz
+      scratch: plotzed__lifeboat_restore_20250115091200
+      replaced: ""
+      created: false
+      swap_ms: 12.5
+      duration: 42.1
+      tables: 12
+      rows: 104233
+      warnings: []
+      error: ""
+      hint: ""
+      error_type: ""
+planned:
+  description: In check mode or with O(dry_run), the plan per database.
+  returned: check mode or dry run
+  type: list
+  elements: dict
+  sample:
+    - database: plotzed
+      ok: true
+      source: {location: /var/backups/lifeboat/daily/plotzed-daily-backup-2025-01-15T02-00-00.sql.gz,
+               format: plain, compression: gzip, size: 1048576, age: 7 h, manifest: true}
+      checks: [size and sha256 match the manifest]
+      exists: true
+      replaces: plotzed (40.2 MiB, owner plotzed)
+      pre_restore_backup: /var/backups/lifeboat/pre-restore/plotzed-pre-restore-backup-2025-01-15T09-12-00.sql.gz
+      scratch: plotzed__lifeboat_restore_20250115091200
+      keep_replaced_as: ""
+summary:
+  description: Human-readable lines (the plan, or one line per database).
+  returned: always
+  type: list
+  elements: str
+  sample: ["plotzed restored from /var/backups/lifeboat/daily/... (12 tables, 104233 rows verified, replaced, swap window 12 ms, 42.1s)"]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.lifeboat import ansible_args, restore
+from ansible.module_utils.lifeboat.errors import LifeboatError
+from ansible.module_utils.lifeboat.settings import resolve
+
+
+def main() -> None:
+    spec = dict(ansible_args.CONNECTION, **ansible_args.DUMP, **ansible_args.S3)
+    spec["backup_dir"] = dict(spec["backup_dir"], required=True)
+    spec.update(
+        restore_latest={"type": "bool", "default": False},
+        restore_file={"type": "path"},
+        restore_from_s3={"type": "str"},
+        restore_type={"type": "str", "choices": ["daily", "weekly", "monthly", "pre-restore"]},
+        target_database={"type": "str"},
+        skip_pre_backup={"type": "bool", "default": False},
+        keep_replaced_database={"type": "bool", "default": False},
+        restore_globals={"type": "bool", "default": False},
+        confirm={"type": "bool", "default": False},
+        dry_run={"type": "bool", "default": False},
+    )
+    module = AnsibleModule(
+        argument_spec=spec,
+        required_one_of=[("database_url", "databases")],
+        supports_check_mode=True,
+    )
+    params = dict(module.params)
+    request = restore.Request(
+        latest=params["restore_latest"],
+        file=params["restore_file"],
+        from_s3=params["restore_from_s3"],
+        backup_type=params["restore_type"],
+        target_db=params["target_database"],
+        skip_pre_backup=params["skip_pre_backup"],
+        keep_replaced=params["keep_replaced_database"],
+        confirm=params["confirm"],
+        with_globals=params["restore_globals"],
+    )
+    try:
+        settings = resolve(ansible_args.settings_params(params))
+        if module.check_mode or params["dry_run"]:
+            planned = restore.plan(settings, request)
+            summary = [line for item in planned for line in restore.describe_plan(item)]
+            if not all(item["ok"] for item in planned):
+                module.fail_json(
+                    msg=" | ".join(i["error"] + " " + i["hint"] for i in planned if not i["ok"]),
+                    planned=planned,
+                    summary=summary,
+                )
+            # Check mode reports that a restore would change the database; a dry run changed nothing.
+            module.exit_json(changed=module.check_mode, planned=planned, summary=summary)
+        results = restore.run(settings, request)
+    except LifeboatError as exc:
+        module.fail_json(msg=str(exc), error_type=type(exc).__name__, results=[], summary=[])
+    summary = [r.summary() for r in results]
+    payload = {"results": [r.as_dict() for r in results], "summary": summary}
+    for result in results:
+        for warning in result.warnings:
+            module.warn(warning)
+    failed = [r for r in results if not r.ok]
+    changed = any(r.ok for r in results)
+    if failed:
+        module.fail_json(
+            msg=f"{len(failed)} of {len(results)} restores failed: "
+            + " | ".join(r.summary() for r in failed),
+            changed=changed,
+            **payload,
+        )
+    module.exit_json(changed=changed, **payload)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Run the Molecule scenarios (make molecule; make test runs it after pytest).
+# Installs podman/runc/debootstrap when missing, builds the base image once,
+# starts a PostgreSQL server on loopback for the hosts to back up, runs
+# `molecule test` per scenario, and removes every container and the server
+# it started, whatever happens.
+# Usage: tools/molecule.sh [SCENARIO ...]   (default: every molecule/*/molecule.yml)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+MVENV=${LIFEBOAT_MOLECULE_VENV:-$ROOT/.venv-molecule}
+export CONTAINERS_CONF=$ROOT/molecule/containers.conf
+
+tools/system-deps.sh podman:podman runc:runc debootstrap:debootstrap \
+    'postgresql-15:/usr/lib/postgresql/*/bin/initdb'
+tools/molecule-image.sh
+[[ -x $MVENV/bin/molecule ]] || { echo "No molecule in $MVENV: run make molecule-setup" >&2; exit 1; }
+
+if [[ $# -gt 0 ]]; then
+    scenarios=("$@")
+else
+    scenarios=()
+    for f in molecule/*/molecule.yml; do scenarios+=("$(basename "$(dirname "$f")")"); done
+fi
+# Containers this script may start (names from the scenarios' platforms).
+containers=$(sed -n "s/^ *- name: \(lifeboat-[a-z0-9-]*\)$/\1/p" \
+    "${scenarios[@]/#/molecule/}"/molecule.yml 2>/dev/null | sort -u || true)
+pgroot=$(mktemp -d /var/tmp/lifeboat-molecule-pg.XXXXXX)
+# The hosts install lifeboat from a snapshot of the checkout taken now, so an
+# edit made while the scenario runs cannot make the idempotence step differ.
+snapshot=$(mktemp -d /var/tmp/lifeboat-molecule-src.XXXXXX)
+
+cleanup() {
+    local rc=$?
+    set +e
+    local left=()
+    for c in $containers; do
+        podman container exists "$c" 2>/dev/null && left+=("$c")
+    done
+    if [[ ${#left[@]} -gt 0 ]]; then  # a scenario failed or was interrupted
+        echo "Removing containers: ${left[*]}" >&2
+        for s in "${scenarios[@]}"; do
+            PATH="$MVENV/bin:$PATH" molecule destroy -s "$s" >/dev/null 2>&1
+        done
+        podman rm -f -t 0 "${left[@]}" >/dev/null 2>&1
+    fi
+    "$ROOT/.venv/bin/python" tools/molecule_pg.py stop "$pgroot"
+    rm -rf "$snapshot"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+while IFS='=' read -r key value; do
+    export "LIFEBOAT_MOLECULE_$key=$value"
+done < <("$ROOT/.venv/bin/python" tools/molecule_pg.py start "$pgroot")
+mkdir -p .cache/molecule-pip "$snapshot/module_utils" "$snapshot/requirements"
+cp -r module_utils/lifeboat "$snapshot/module_utils/"
+cp pyproject.toml README.md "$snapshot/"
+cp requirements/runtime.txt "$snapshot/requirements/"
+export LIFEBOAT_MOLECULE_SOURCE=$snapshot
+# pip in the containers trusts what pip here trusts (TLS-inspecting proxies).
+ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
+[[ -r $ca ]] || ca=/etc/ssl/certs/ca-certificates.crt
+export LIFEBOAT_MOLECULE_CA_BUNDLE=$ca
+
+export PATH="$MVENV/bin:$PATH"
+export ANSIBLE_ROLES_PATH=$ROOT/roles
+for s in "${scenarios[@]}"; do
+    start=$(date +%s)
+    molecule test -s "$s"
+    echo "molecule scenario $s passed in $(( $(date +%s) - start ))s"
+done

@@ -1,0 +1,56 @@
+"""The PostgreSQL server the Molecule hosts back up (containers share the host network).
+
+  molecule_pg.py start ROOT  -> prints DB_URL=..., DB2_URL=..., SERVER_MAJOR=... lines
+  molecule_pg.py stop ROOT   -> stops the cluster and removes ROOT
+
+Two databases (plotzed and reports, the demo schema) owned by a role whose
+password needs URL-encoding, reached over 127.0.0.1 with scram-sha-256.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pgcluster
+
+OWNER, PASSWORD = "plotzed", "mol p@ss/w:rd%"
+
+
+def start(root: Path) -> int:
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    cluster = pgcluster.Cluster(root / "pgdata", pgcluster.free_port())
+    cluster.init()
+    cluster.start()
+    urls = [cluster.create_owner(OWNER, PASSWORD, "plotzed")]
+    cluster.psql(f'CREATE DATABASE reports OWNER "{OWNER}"')
+    urls.append(cluster.url(OWNER, PASSWORD, "reports"))
+    schema = root / "schema.sql"
+    schema.write_text(pgcluster.DEMO_SCHEMA)
+    schema.chmod(0o644)
+    for db in ("plotzed", "reports"):
+        cluster.psql_file(str(schema), db)
+        cluster.psql(
+            f'ALTER TABLE users OWNER TO "{OWNER}"; ALTER TABLE plots OWNER TO "{OWNER}"', db=db
+        )
+    major = int(cluster.psql("SHOW server_version_num")) // 10000
+    print(f"DB_URL={urls[0]}\nDB2_URL={urls[1]}\nSERVER_MAJOR={major}")
+    return 0
+
+
+def stop(root: Path) -> int:
+    datadir = root / "pgdata"
+    if datadir.exists():
+        pgcluster.Cluster(datadir, 0).stop("immediate")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in ("start", "stop"):
+        sys.exit("usage: molecule_pg.py start|stop ROOT")
+    sys.exit((start if sys.argv[1] == "start" else stop)(Path(sys.argv[2])))
