@@ -308,20 +308,8 @@ def main() -> None:
                 lambda: [ansible_args.settings_params(params)], exc, "backup", params["backup_type"]
             )
         module.fail_json(msg=str(exc), error_type=type(exc).__name__, results=[], summary=[])
-    summary = [r.summary() for r in results]
-    payload = {"results": [r.as_dict() for r in results], "summary": summary}
-    for result in results:
-        for warning in result.warnings:
-            module.warn(warning)
-    failed = [r for r in results if not r.ok]
-    if failed:
-        module.fail_json(
-            msg=f"{len(failed)} of {len(results)} backups failed: "
-            + " | ".join(r.summary() for r in failed),
-            changed=any(r.file for r in results),  # a local copy was written (S3 may have failed)
-            **payload,
-        )
-    module.exit_json(changed=True, **payload)
+    # A local copy written is a change, even when its S3 copy failed.
+    ansible_args.exit_with(module, results, "backups", changed=any(r.file for r in results))
 
 
 if __name__ == "__main__":

@@ -289,21 +289,7 @@ def main() -> None:
         results = restore.run(settings, request)
     except LifeboatError as exc:
         module.fail_json(msg=str(exc), error_type=type(exc).__name__, results=[], summary=[])
-    summary = [r.summary() for r in results]
-    payload = {"results": [r.as_dict() for r in results], "summary": summary}
-    for result in results:
-        for warning in result.warnings:
-            module.warn(warning)
-    failed = [r for r in results if not r.ok]
-    changed = any(r.ok for r in results)
-    if failed:
-        module.fail_json(
-            msg=f"{len(failed)} of {len(results)} restores failed: "
-            + " | ".join(r.summary() for r in failed),
-            changed=changed,
-            **payload,
-        )
-    module.exit_json(changed=changed, **payload)
+    ansible_args.exit_with(module, results, "restores", changed=any(r.ok for r in results))
 
 
 if __name__ == "__main__":

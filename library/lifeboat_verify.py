@@ -279,20 +279,9 @@ def main() -> None:
         summary.append(
             "check mode: cheap checks only; a drill would restore into a scratch database"
         )
-    payload = {"results": [r.as_dict() for r in results], "summary": summary}
-    for result in results:
-        for warning in result.warnings:
-            module.warn(warning)
-    changed = any(r.changed for r in results)
-    failed = [r for r in results if not r.ok]
-    if failed:
-        module.fail_json(
-            msg=f"{len(failed)} of {len(results)} verifications failed: "
-            + " | ".join(r.summary() for r in failed),
-            changed=changed,
-            **payload,
-        )
-    module.exit_json(changed=changed, **payload)
+    ansible_args.exit_with(
+        module, results, "verifications", changed=any(r.changed for r in results), summary=summary
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Argument specs shared by the Ansible modules (plain dicts: no Ansible import).
+"""Argument specs and result reporting shared by the Ansible modules (no Ansible import).
 
 Every secret is `no_log`. The keys are the settings' keys, so a module hands
 its parameters to `settings.resolve` unchanged.
@@ -78,3 +78,26 @@ BACKUP_TYPE = {"type": "str", "choices": list(naming.SCHEDULED_TYPES), "default"
 def settings_params(params: dict) -> dict:
     """The module parameters that are settings (drops the module's own options)."""
     return {key: value for key, value in params.items() if key in settings.DEFAULTS}
+
+
+def exit_with(module, results: list, noun: str, changed: bool, summary: list | None = None):
+    """End a module run the same way everywhere: every result's warnings, then
+    `fail_json` naming each failure when any failed (after all ran), else `exit_json`.
+
+    `module` is the AnsibleModule (duck-typed: this package never imports Ansible).
+    """
+    if summary is None:
+        summary = [r.summary() for r in results]
+    payload = {"results": [r.as_dict() for r in results], "summary": summary}
+    for result in results:
+        for warning in result.warnings:
+            module.warn(warning)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        module.fail_json(
+            msg=f"{len(failed)} of {len(results)} {noun} failed: "
+            + " | ".join(r.summary() for r in failed),
+            changed=changed,
+            **payload,
+        )
+    module.exit_json(changed=changed, **payload)

@@ -32,6 +32,7 @@ from .errors import LifeboatError, UploadFailed, VersionMismatch
 from .s3 import S3Store, Tee
 from .settings import Settings, Target
 from .store import Entry, LocalStore
+from .units import human_size, iso
 
 log = logging.getLogger("lifeboat")
 
@@ -72,14 +73,6 @@ class Result:
             f"{self.database} {self.type}: {self.file} ({human_size(self.size)}, "
             f"{self.duration:.1f}s{offsite}{pruned})"
         )
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
 
 
 def utcnow() -> datetime:
@@ -146,7 +139,7 @@ def run(
                 "backup", result, details={"s3": result.s3_key} if result.s3_key else {}
             )
             if now is not None:
-                event.time = notify.iso(now)
+                event.time = iso(now)
             result.warnings += monitor.record(settings, event, result.summary())
             results.append(result)
     return results

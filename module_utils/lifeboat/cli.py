@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from . import __version__, backup, drill, monitor, naming, restore, status, verify
+from . import __version__, backup, drill, monitor, naming, restore, status, units, verify
 from .errors import ConfigError, LifeboatError
 from .settings import from_environment, load_file, resolve
 
@@ -159,8 +159,8 @@ class TerminalProgress:
             return
         elapsed = max(time.monotonic() - self.started, 1e-6)
         self.stream.write(
-            f"\r  {backup.human_size(bytes_in)} dumped -> {backup.human_size(bytes_out)} "
-            f"written, {backup.human_size(bytes_in / elapsed)}/s, "
+            f"\r  {units.human_size(bytes_in)} dumped -> {units.human_size(bytes_out)} "
+            f"written, {units.human_size(bytes_in / elapsed)}/s, "
             f"{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}   "
         )
         self.stream.flush()
@@ -246,7 +246,7 @@ def cmd_list(args) -> int:
             r["type"],
             r["database"],
             r["created"],
-            backup.human_size(r["size"]),
+            units.human_size(r["size"]),
             r["state"],
             r["path"],
         )
@@ -288,7 +288,7 @@ def print_side_by_side(rows: list[dict], store, offsite) -> None:
             key[0],
             key[1],
             key[2],
-            backup.human_size(seen["size"]),
+            units.human_size(seen["size"]),
             seen.get("local", "-"),
             seen.get("s3", "-"),
             key[3],

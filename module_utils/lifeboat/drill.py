@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from . import backup, lock, monitor, naming, notify, pg, restore
+from . import backup, lock, monitor, naming, notify, pg, restore, units
 from .conninfo import ConnInfo, redact
 from .errors import ConfigError, LifeboatError, VerificationFailed
 from .settings import Settings, Target
@@ -217,7 +217,7 @@ def _event(result: DrillResult, now: datetime | None) -> notify.Event:
         details["backup_age_seconds"] = round(result.backup_age_seconds or 0)
     event = notify.Event.from_result("verify", result, details=details)
     if now is not None:
-        event.time = notify.iso(now)
+        event.time = units.iso(now)
     return event
 
 
@@ -257,7 +257,7 @@ def drill_one(
     result.type = parsed.type if parsed else ""
     result.size = source.size
     if source.created is not None:
-        result.backup_created = notify.iso(source.created)
+        result.backup_created = units.iso(source.created)
         result.backup_age_seconds = max(0.0, (now - source.created).total_seconds())
     work_dir = os.path.join(store.root, ".drill", target.label)  # downloads from S3
     with lock.hold(store.lock_dir(), f"{target.label}.drill"), _cleaned(source, work_dir):

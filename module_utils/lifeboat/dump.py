@@ -55,6 +55,67 @@ class HashingWriter:
         self.target.flush()
 
 
+class HashingReader:
+    """Hashes and counts what a reader (a decompressor) pulls from `source`."""
+
+    def __init__(self, source: BinaryIO):
+        self.source = source
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.source.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class StreamWatch:
+    """Watches an uncompressed dump stream go by: its first and last bytes
+    and, for plain SQL, the rows of every COPY block. The same checks run when
+    a dump is written, verified and restored."""
+
+    def __init__(self, fmt: str = "plain"):
+        self.fmt = fmt
+        self.head = b""
+        self.tail = b""
+        self.size = 0
+        self.counter = CopyCounter() if fmt == "plain" else None
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if len(self.head) < 4096:
+            self.head += chunk[: 4096 - len(self.head)]
+        self.tail = (self.tail + chunk)[-4096:] if len(chunk) < 4096 else chunk[-4096:]
+        if self.counter:
+            self.counter.feed(chunk)
+
+    @property
+    def rows(self) -> dict[str, int] | None:
+        return dict(self.counter.rows) if self.counter else None
+
+    def fault(self) -> str | None:
+        """What is wrong with the stream seen so far as a complete dump, or None."""
+        if self.size == 0:
+            return "it is empty"
+        if self.fmt == "plain":
+            if PLAIN_HEADER not in self.head[:1024]:
+                return "it lacks the 'PostgreSQL database dump' header"
+            if PLAIN_TRAILER not in self.tail[-512:] or not self.counter.complete:
+                return "it is truncated: no 'dump complete' trailer"
+        elif self.fmt == "custom" and not self.head.startswith(CUSTOM_MAGIC):
+            return "it is not a pg_dump custom-format archive"
+        return None
+
+
 class CopyCounter:
     """Counts data rows per table in a plain-format dump, chunk by chunk.
 
@@ -197,9 +258,7 @@ def stream_dump(
     started = time.monotonic()
     hasher = HashingWriter(sink)
     codec = opts.compression if opts.fmt == "plain" else "none"
-    counter = CopyCounter() if opts.fmt == "plain" else None
-    head = b""
-    tail = b""
+    watch = StreamWatch(opts.fmt)
     with client_env(conn) as env, tempfile.TemporaryFile() as errfile:
         proc = subprocess.Popen(
             pg_dump_argv(pg_dump, conn, opts, None),
@@ -222,11 +281,7 @@ def stream_dump(
                 if not chunk:
                     break
                 result.uncompressed_size += len(chunk)
-                if len(head) < 4096:
-                    head += chunk[: 4096 - len(head)]
-                tail = (tail + chunk)[-4096:] if len(chunk) < 4096 else chunk[-4096:]
-                if counter:
-                    counter.feed(chunk)
+                watch.feed(chunk)
                 writer.write(chunk)
                 now = time.monotonic()
                 if progress and now - last_report >= 0.5:
@@ -249,12 +304,18 @@ def stream_dump(
         raise _dump_error(returncode, stderr, conn)
     if stderr.strip():
         log.warning("pg_dump said: %s", stderr.strip())
-    _check_stream(opts.fmt, head, tail, result.uncompressed_size, counter, conn)
+    fault = watch.fault()
+    if fault:
+        raise DumpFailed(
+            f"Dump of {conn.where()} is not usable: {fault}.",
+            "Nothing was kept. Run the backup again; if it repeats, run pg_dump by "
+            "hand and check the server log.",
+        )
     if progress:
         progress(result.uncompressed_size, hasher.size)
     result.size = hasher.size
     result.sha256 = hasher.sha256.hexdigest()
-    result.rows = dict(counter.rows) if counter else None
+    result.rows = watch.rows
     result.duration = time.monotonic() - started
     return result
 
@@ -323,31 +384,6 @@ def _dump_error(returncode: int, stderr: str, conn: ConnInfo) -> LifeboatError:
         f"pg_dump of {conn.where()} failed (exit {returncode}): {text}",
         "Nothing was kept. Check the server log, then run the backup again.",
     )
-
-
-def _check_stream(fmt: str, head: bytes, tail: bytes, size: int, counter, conn) -> None:
-    where = conn.where()
-    if size == 0:
-        raise DumpFailed(
-            f"pg_dump of {where} produced no output.",
-            "Nothing was kept. Run pg_dump by hand to see why.",
-        )
-    if fmt == "plain":
-        if PLAIN_HEADER not in head[:1024]:
-            raise DumpFailed(
-                f"Dump of {where} lacks the 'PostgreSQL database dump' header.",
-                "Nothing was kept. Check that pg_dump is PostgreSQL's.",
-            )
-        if PLAIN_TRAILER not in tail[-512:] or not counter.complete:
-            raise DumpFailed(
-                f"Dump of {where} is truncated: no 'dump complete' trailer.",
-                "Nothing was kept. Run the backup again; check the server log.",
-            )
-    elif fmt == "custom" and not head.startswith(CUSTOM_MAGIC):
-        raise DumpFailed(
-            f"Dump of {where} is not a custom-format archive.",
-            "Nothing was kept. Check that pg_dump is PostgreSQL's.",
-        )
 
 
 def _grow_pipe(pipe) -> None:

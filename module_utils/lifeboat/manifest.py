@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import socket
-from datetime import datetime, timezone
+from datetime import datetime
 
 from . import __version__
 from .errors import VerificationFailed
+from .units import iso
 
 SCHEMA = 1
 REQUIRED = ("database", "type", "format", "compression", "size", "sha256", "file")
@@ -60,10 +61,6 @@ def build(
         "tables": tables,
         "lifeboat_version": __version__,
     }
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def dumps(manifest: dict) -> bytes:

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 
-from . import metrics, notify
+from . import metrics, notify, units
 from .conninfo import redact
 
 log = logging.getLogger("lifeboat")
@@ -160,7 +160,7 @@ def summary(event: notify.Event) -> str:
     what = " ".join(filter(None, [event.database, event.type]))
     if not event.ok:
         return f"{what}: FAILED: {event.error} {event.hint}".strip()
-    size = f"{notify.human_size(event.size)}, " if event.size else ""
+    size = f"{units.human_size(event.size)}, " if event.size else ""
     where = f"{event.file} " if event.file else ""
     return f"{what}: {where}({size}{event.duration:.1f}s)"
 

@@ -26,6 +26,7 @@ from email.message import EmailMessage
 
 from .conninfo import ConnInfo, redact
 from .errors import ConfigError
+from .units import human_size, iso
 
 log = logging.getLogger("lifeboat")
 
@@ -122,18 +123,6 @@ class Event:
         data = asdict(self)
         data["result"] = self.outcome
         return data
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
 
 
 # --- settings ------------------------------------------------------------------------------

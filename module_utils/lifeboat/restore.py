@@ -41,7 +41,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from . import backup, cluster_globals, compress, dump, lock, monitor, naming, notify, pg, verify
+from . import (
+    backup,
+    cluster_globals,
+    compress,
+    dump,
+    lock,
+    monitor,
+    naming,
+    notify,
+    pg,
+    units,
+    verify,
+)
 from .conninfo import ConnInfo, client_env, redact
 from .errors import (
     ConfigError,
@@ -725,27 +737,7 @@ def _load_plain(source: Source, conn: ConnInfo, bin_dir: str | None) -> Loaded:
         "-f",
         "-",
     ]
-    digest = hashlib.sha256()
-    counter = dump.CopyCounter()
-    head = tail = b""
-
-    class Tap:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def read(self, n=-1):
-            data = self.fh.read(n)
-            digest.update(data)
-            return data
-
-        def readinto(self, buf):
-            data = self.read(len(buf))
-            buf[: len(data)] = data
-            return len(data)
-
-        def readable(self):
-            return True
-
+    watch = dump.StreamWatch("plain")
     with (
         client_env(conn) as env,
         tempfile.TemporaryFile() as errfile,
@@ -762,13 +754,11 @@ def _load_plain(source: Source, conn: ConnInfo, bin_dir: str | None) -> Loaded:
         dump._grow_pipe(proc.stdin)
         broken = False
         try:
-            reader = compress.decompressor(Tap(raw), source.compression)
+            tap = dump.HashingReader(raw)
+            reader = compress.decompressor(tap, source.compression)
             try:
                 while chunk := reader.read(dump.CHUNK):
-                    if len(head) < 1024:
-                        head += chunk[: 1024 - len(head)]
-                    tail = (tail + chunk)[-4096:]
-                    counter.feed(chunk)
+                    watch.feed(chunk)
                     proc.stdin.write(chunk)
             except BrokenPipeError:
                 broken = True
@@ -778,17 +768,17 @@ def _load_plain(source: Source, conn: ConnInfo, bin_dir: str | None) -> Loaded:
                 ) from None
             if not broken:
                 # Check before psql commits: closing stdin ends the transaction.
-                sha = digest.hexdigest()
+                sha = tap.sha256.hexdigest()
                 if source.manifest is not None and sha != source.manifest["sha256"]:
                     raise VerificationFailed(
                         f"Backup {source.location} changed while it was "
                         "restored: sha256 no longer matches the manifest.",
                         verify.REMEDY,
                     )
-                if dump.PLAIN_TRAILER not in tail[-512:] or not counter.complete:
+                fault = watch.fault()
+                if fault:
                     raise VerificationFailed(
-                        f"Backup {source.location} is truncated: no 'dump complete' trailer.",
-                        verify.REMEDY,
+                        f"Backup {source.location} cannot be restored: {fault}.", verify.REMEDY
                     )
                 with contextlib.suppress(BrokenPipeError):
                     proc.stdin.close()
@@ -803,7 +793,7 @@ def _load_plain(source: Source, conn: ConnInfo, bin_dir: str | None) -> Loaded:
         stderr = redact(errfile.read().decode("utf-8", "replace"), conn.password)
     if returncode != 0 or broken:
         raise _load_error("psql", returncode, stderr, conn)
-    return Loaded(rows=dict(counter.rows))
+    return Loaded(rows=watch.rows)
 
 
 def _load_archive(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
@@ -1215,7 +1205,7 @@ def plan(settings: Settings, request: Request, now: datetime | None = None) -> l
                 )
             item["exists"] = info is not None
             item["replaces"] = (
-                f"{name} ({backup.human_size(size)}, owner {info.owner})" if info else ""
+                f"{name} ({units.human_size(size)}, owner {info.owner})" if info else ""
             )
             item["scratch"] = scratch_name(name, now)
             item["keep_replaced_as"] = replaced_name(name, now) if request.keep_replaced else ""
@@ -1245,7 +1235,7 @@ def describe_plan(item: dict) -> list[str]:
     lines = [
         f"{item['database']}: would restore {src['location']}",
         f"  backup: {src['format']}/{src['compression']}, "
-        f"{backup.human_size(src['size'])}, taken {src['created']} ({src['age']} ago), "
+        f"{units.human_size(src['size'])}, taken {src['created']} ({src['age']} ago), "
         + ("manifest sha256 " + src["sha256"][:12] if src["manifest"] else "no manifest"),
     ]
     lines += [f"  check: {c}" for c in item["checks"]]

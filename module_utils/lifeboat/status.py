@@ -21,8 +21,8 @@ import socket
 from datetime import datetime, timezone
 
 from .errors import ConfigError, LifeboatError
-from .notify import human_size
 from .store import Entry
+from .units import human_size, iso
 
 STATES = ("OK", "STALE", "FAILED", "MISSING")
 # Hours; daily backups run once a day, so 26 h leaves two hours of slack.
@@ -94,12 +94,6 @@ def parse_time(value) -> datetime | None:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(timezone.utc)
     except ValueError:
         return None
-
-
-def iso(moment: datetime | None) -> str:
-    if moment is None:
-        return ""
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def human_age(seconds: float | None) -> str:
