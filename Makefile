@@ -53,7 +53,7 @@ demo-stop:
 
 lint: setup-test
 	ruff check .
-	ruff format --check module_utils library tests bench tools
+	ruff format --check module_utils library tests bench tools molecule roles
 	ansible-lint --profile production
 
 test-unit: setup-test
