@@ -11,7 +11,7 @@ DEMO_DIR := $(CURDIR)/.demo
 
 # Debian packages the tests use, as package:probe pairs.
 TEST_SYSTEM_DEPS := postgresql-15:/usr/lib/postgresql/*/bin/initdb postgresql-client:pg_dump \
-	logrotate:logrotate cron:cron faketime:faketime
+	logrotate:logrotate cron:cron faketime:faketime age:age
 
 .PHONY: help setup setup-test backup test test-unit test-integration lint bench clean demo-stop \
 	molecule molecule-setup
@@ -53,7 +53,7 @@ demo-stop:
 
 lint: setup-test
 	ruff check .
-	ruff format --check module_utils library tests bench tools molecule roles
+	ruff format --check module_utils library doc_fragments tests bench tools molecule roles
 	ansible-lint --profile production
 
 test-unit: setup-test

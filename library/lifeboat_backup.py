@@ -95,102 +95,21 @@ options:
   pg_bin_dir:
     description: Directory holding C(pg_dump); default is the newest installed major.
     type: path
-  notify_email:
+  encrypt_recipients:
     description:
-      - Email addresses told about every backup (see O(notify_on)), e.g. C(admin@example.com).
+      - age recipients (C(age1...) public keys) or paths of recipients files on the host.
+      - When set, plain-format backups are encrypted with C(age) after compression
+        (C(.sql.gz.age)); custom and directory formats are refused.
     type: list
     elements: str
     default: []
-  notify_on:
-    description: Outcomes that notify; C([failure]) silences successes.
-    type: list
-    elements: str
-    choices: [success, failure]
-    default: [success, failure]
-  smtp_host:
-    description: SMTP relay for O(notify_email).
-    type: str
-    default: localhost
-  smtp_port:
-    description: SMTP port; default 25, 587 with C(starttls), 465 with C(tls).
-    type: int
-  smtp_security:
+  encrypt_identity_file:
     description:
-      - C(none), C(starttls) or C(tls) (implicit TLS). Certificates are verified.
-      - Credentials are refused over C(none) unless the relay is on loopback.
-    type: str
-    choices: [none, starttls, tls]
-    default: none
-  smtp_user:
-    description: SMTP login, when the relay needs one.
-    type: str
-  smtp_password:
-    description: SMTP password; never logged.
-    type: str
-  smtp_sender:
-    description: From address; default C(lifeboat@<hostname>).
-    type: str
-  slack_webhook_url:
-    description: Slack incoming webhook URL; never logged nor put in a message.
-    type: str
-  webhook_url:
-    description: Generic webhook; receives the event as JSON (POST). Never logged.
-    type: str
-  notify_timeout:
-    description: Seconds to wait for each notification channel.
-    type: float
-    default: 10
-  log_file:
-    description:
-      - Backup log; every run appends one line per event. Unset, no file is written.
-      - C(/var/log/lifeboat/lifeboat.log) on provisioned hosts.
+      - Path on the host of the age identity (key) file that decrypts encrypted backups
+        (for restores, verification and drills). Only the path is passed; keep the file 0600.
     type: path
-  log_format:
-    description: C(text) lines or C(json) lines in O(log_file).
-    type: str
-    choices: [text, json]
-    default: text
-  metrics_dir:
-    description:
-      - node_exporter textfile collector directory; C(lifeboat.prom) is written there
-        atomically after every backup. Unset, no metrics are written.
-    type: path
-  s3_bucket:
-    description:
-      - Also copy every backup to C(s3://<s3_bucket>/<s3_prefix>/<type>/<same name>), manifest
-        last. The role defaults it to C(BACKUP_S3_BUCKET) on the control node.
-      - Credentials come from the standard AWS chain on the host (environment, profile,
-        instance role); this module takes none, so none can reach its output.
-      - If S3 fails, the local backup is kept complete and valid and the module fails naming S3.
-    type: str
-  s3_prefix:
-    description: Key prefix in the bucket; give each host its own when several share a bucket.
-    type: str
-    default: backups
-  s3_endpoint_url:
-    description: S3-compatible endpoint (MinIO, Ceph, R2, ...); the role defaults it to
-      C(AWS_ENDPOINT_URL).
-    type: str
-  s3_region:
-    description: Region; default from the AWS chain (C(AWS_REGION), profile).
-    type: str
-  s3_sse:
-    description: Server-side encryption of the uploaded objects; recorded in the S3 manifest.
-    type: str
-    choices: [AES256, aws:kms]
-  s3_sse_kms_key_id:
-    description: KMS key id or ARN with O(s3_sse=aws:kms); default the bucket's AWS-managed key.
-    type: str
-  s3_part_size_mb:
-    description:
-      - First multipart part size (MiB, 5 to 5120). Parts double every 1,000 parts, so the
-        default 8 MiB reaches 8 TiB within S3's 10,000-part cap.
-    type: int
-    default: 8
-  s3_max_attempts:
-    description: Attempts per S3 request (botocore adaptive retries with backoff).
-    type: int
-    default: 5
+extends_documentation_fragment:
+  - lifeboat.monitoring
 attributes:
   check_mode:
     support: full
@@ -284,6 +203,7 @@ def main() -> None:
     spec["backup_dir"] = dict(spec["backup_dir"], required=True)
     spec["backup_type"] = ansible_args.BACKUP_TYPE
     spec.update(ansible_args.GLOBALS)
+    spec.update(ansible_args.ENCRYPT)
     module = AnsibleModule(
         argument_spec=spec,
         required_one_of=[("database_url", "databases")],

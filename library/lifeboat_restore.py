@@ -150,6 +150,21 @@ options:
     description: Attempts per S3 request.
     type: int
     default: 5
+  encrypt_recipients:
+    description:
+      - age recipients (C(age1...) public keys) or paths of recipients files on the host.
+      - When set, plain-format backups are encrypted with C(age) after compression
+        (C(.sql.gz.age)); custom and directory formats are refused.
+    type: list
+    elements: str
+    default: []
+  encrypt_identity_file:
+    description:
+      - Path on the host of the age identity (key) file that decrypts encrypted backups
+        (for restores, verification and drills). Only the path is passed; keep the file 0600.
+    type: path
+extends_documentation_fragment:
+  - lifeboat.monitoring
 attributes:
   check_mode:
     support: full
@@ -242,7 +257,13 @@ from ansible.module_utils.lifeboat.settings import resolve
 
 
 def main() -> None:
-    spec = dict(ansible_args.CONNECTION, **ansible_args.DUMP, **ansible_args.S3)
+    spec = dict(
+        ansible_args.CONNECTION,
+        **ansible_args.DUMP,
+        **ansible_args.MONITORING,
+        **ansible_args.S3,
+        **ansible_args.ENCRYPT,
+    )
     spec["backup_dir"] = dict(spec["backup_dir"], required=True)
     spec.update(
         restore_latest={"type": "bool", "default": False},

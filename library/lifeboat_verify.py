@@ -77,87 +77,21 @@ options:
   pg_bin_dir:
     description: Directory holding C(psql) and C(pg_restore).
     type: path
-  notify_email:
-    description: Email the result to these addresses.
+  encrypt_recipients:
+    description:
+      - age recipients (C(age1...) public keys) or paths of recipients files on the host.
+      - When set, plain-format backups are encrypted with C(age) after compression
+        (C(.sql.gz.age)); custom and directory formats are refused.
     type: list
     elements: str
     default: []
-  notify_on:
-    description: Which outcomes notify.
-    type: list
-    elements: str
-    choices: [success, failure]
-    default: [success, failure]
-  smtp_host:
-    description: SMTP relay.
-    type: str
-    default: localhost
-  smtp_port:
-    description: SMTP port; default from O(smtp_security).
-    type: int
-  smtp_security:
-    description: SMTP transport security.
-    type: str
-    choices: [none, starttls, tls]
-    default: none
-  smtp_user:
-    description: SMTP user.
-    type: str
-  smtp_password:
-    description: SMTP password.
-    type: str
-  smtp_sender:
-    description: Sender address; default C(lifeboat@<fqdn>).
-    type: str
-  slack_webhook_url:
-    description: Slack incoming webhook.
-    type: str
-  webhook_url:
-    description: Generic JSON webhook.
-    type: str
-  notify_timeout:
-    description: Seconds to wait for each notification channel.
-    type: float
-    default: 10
-  log_file:
-    description: Backup log to append the result to.
+  encrypt_identity_file:
+    description:
+      - Path on the host of the age identity (key) file that decrypts encrypted backups
+        (for restores, verification and drills). Only the path is passed; keep the file 0600.
     type: path
-  log_format:
-    description: Format of O(log_file).
-    type: str
-    choices: [text, json]
-    default: text
-  metrics_dir:
-    description: node_exporter textfile directory (last verified backup, its age, RTO).
-    type: path
-  s3_bucket:
-    description: With O(verify_latest), the newest backup in S3 when none is local.
-    type: str
-  s3_prefix:
-    description: Key prefix in the bucket.
-    type: str
-    default: backups
-  s3_endpoint_url:
-    description: S3-compatible endpoint.
-    type: str
-  s3_region:
-    description: S3 region; default from the AWS chain.
-    type: str
-  s3_sse:
-    description: Accepted for symmetry with M(lifeboat_backup); not used here.
-    type: str
-    choices: [AES256, aws:kms]
-  s3_sse_kms_key_id:
-    description: Accepted for symmetry with M(lifeboat_backup); not used here.
-    type: str
-  s3_part_size_mb:
-    description: Accepted for symmetry with M(lifeboat_backup); not used here.
-    type: int
-    default: 8
-  s3_max_attempts:
-    description: Attempts per S3 request.
-    type: int
-    default: 5
+extends_documentation_fragment:
+  - lifeboat.monitoring
 attributes:
   check_mode:
     support: full
@@ -249,6 +183,7 @@ def main() -> None:
         ansible_args.CONNECTION, **ansible_args.MONITORING, **ansible_args.S3, **ansible_args.VERIFY
     )
     spec["backup_dir"] = dict(spec["backup_dir"], required=True)
+    spec.update(ansible_args.ENCRYPT)
     spec.update(
         jobs=ansible_args.DUMP["jobs"],
         verify_file={"type": "str"},

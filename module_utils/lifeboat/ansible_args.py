@@ -60,6 +60,13 @@ S3 = {
     "s3_max_attempts": {"type": "int", "default": 5},
 }
 
+# Client-side encryption with age (encrypt.py). Recipients are public keys; the
+# identity is passed as a path only, so the key itself never goes through Ansible.
+ENCRYPT = {
+    "encrypt_recipients": {"type": "list", "elements": "str", "default": []},
+    "encrypt_identity_file": {"type": "path"},
+}
+
 STATUS = {"status_max_age_hours": {"type": "dict", "default": {}}}
 
 # Restore drills (drill.py) and cluster globals (cluster_globals.py).

@@ -17,6 +17,7 @@ from . import (
     cluster_globals,
     compress,
     dump,
+    encrypt,
     eventlog,
     lock,
     monitor,
@@ -100,6 +101,7 @@ def dump_options(settings: Settings) -> dump.DumpOptions:
         threads=settings.threads,
         pg_bin_dir=settings.pg_bin_dir,
         extra_args=settings.pg_dump_args,
+        recipients=settings.encrypt_recipients,
     )
 
 
@@ -176,10 +178,17 @@ def backup_one(
                 "Install postgresql-client of the server's major version or newer, "
                 "or set lifeboat_pg_bin_dir.",
             )
+        encryption = None
+        if opts.recipients:  # a bad key fails here, before pg_dump runs
+            encryption = encrypt.describe(opts.recipients)
+            encrypt.check_recipients(opts.recipients)
         started = now or utcnow()
         bname = store.unique_name(
             naming.build(
-                target.label, backup_type, started, naming.extension(opts.fmt, opts.compression)
+                target.label,
+                backup_type,
+                started,
+                naming.extension(opts.fmt, opts.compression, bool(opts.recipients)),
             )
         )
         log.info("backup started: %s -> %s", target.conn.where(), store.abspath(bname.path))
@@ -217,6 +226,7 @@ def backup_one(
                 finished=finished,
                 tables=produced.rows if rows_exact else estimates,
                 rows_exact=rows_exact,
+                encryption=encryption,
             )
             if opts.fmt != "plain":
                 # Archives are checked by pg_restore before they count.
@@ -325,7 +335,9 @@ def plan(settings: Settings, backup_type: str = "daily", now: datetime | None = 
                 target.label,
                 backup_type,
                 now,
-                naming.extension(settings.format, settings.compression),
+                naming.extension(
+                    settings.format, settings.compression, bool(settings.encrypt_recipients)
+                ),
             )
         )
         pending = retention.Candidate("new", target.label, backup_type, now, True)

@@ -315,7 +315,8 @@ def cmd_verify(args) -> int:
         settings = load_settings(args, need_database=False)
         report = s3.verify_url(settings, args.path, settings.pg_bin_dir)
     else:
-        report = verify.verify_file(args.path)
+        settings = load_settings(args, need_database=False)  # the age identity file, if any
+        report = verify.verify_file(args.path, identity=settings.encrypt_identity_file)
     print(f"OK {report.path}")
     for check in report.checks:
         print(f"  - {check}")

@@ -265,8 +265,12 @@ def drill_one(
         source.fetch(work_dir)
         timings["fetch"] = round(time.monotonic() - clock, 3)
         mark = time.monotonic()
-        report = restore.check_source(source, settings.pg_bin_dir)
+        report = restore.check_source(
+            source, settings.pg_bin_dir, identity=settings.encrypt_identity_file
+        )
         result.checks += report.checks
+        if request.deep:  # an encrypted backup needs its key before a scratch exists
+            restore.check_decryptable(source, settings)
         timings["check"] = round(time.monotonic() - mark, 3)
         if not request.deep:
             return

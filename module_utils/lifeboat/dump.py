@@ -1,4 +1,4 @@
-"""The streaming dump pipeline: pg_dump stdout -> compressor -> sha256 -> sink.
+"""The streaming dump pipeline: pg_dump stdout -> compressor [-> age] -> sha256 -> sink.
 
 Memory stays constant (one chunk in flight per stage) and no temporary copy
 of the dump is made. While the plain SQL streams past we also check its
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
-from . import compress, pg
+from . import compress, encrypt, pg
 from .conninfo import ConnInfo, client_env, redact
 from .errors import DiskFull, DumpFailed, LifeboatError, StorageError
 
@@ -232,6 +232,7 @@ class DumpOptions:
     threads: int = 2
     pg_bin_dir: str | None = None
     extra_args: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()  # age recipients (plain only): encrypt after compressing
 
 
 def pg_dump_argv(pg_dump: str, conn: ConnInfo, opts: DumpOptions, out_dir: str | None) -> list[str]:
@@ -267,10 +268,14 @@ def stream_dump(
             stdin=subprocess.DEVNULL,
             env=env,
         )
+        encryptor = None
         try:
             _grow_pipe(proc.stdout)
+            if opts.recipients:
+                # The hash, the file and the S3 copy only ever see ciphertext.
+                encryptor = encrypt.Encryptor(hasher, opts.recipients)
             writer = compress.compressor(
-                hasher,
+                encryptor or hasher,
                 codec,
                 compress.check(codec, opts.level) if codec != "none" else 0,
                 opts.threads,
@@ -288,12 +293,19 @@ def stream_dump(
                     progress(result.uncompressed_size, hasher.size)
                     last_report = now
             writer.close()
+            if encryptor:
+                encryptor.close()
+                encryptor = None
             returncode = proc.wait()
         except OSError as exc:
             _kill(proc)
+            if encryptor:
+                encryptor.abort()
             raise _write_error(exc) from None
         except BaseException:
             _kill(proc)
+            if encryptor:
+                encryptor.abort()
             raise
         finally:
             proc.stdout.close()

@@ -34,6 +34,7 @@ def build(
     finished: datetime,
     tables: dict[str, int],
     rows_exact: bool,
+    encryption: dict | None = None,
 ) -> dict:
     return {
         "schema": SCHEMA,
@@ -46,7 +47,7 @@ def build(
         "format": fmt,
         "compression": compression,
         "compression_level": level,
-        "encryption": None,
+        "encryption": encryption,
         "size": dump.size,
         "sha256": dump.sha256,
         "uncompressed_size": dump.uncompressed_size or None,

@@ -26,6 +26,12 @@ EXTENSIONS = {
     ("directory", "gzip"): ".dir",
     ("directory", "none"): ".dir",
 }
+# age client-side encryption (encrypt.py) appends this; plain format only.
+ENCRYPTED_SUFFIX = ".age"
+_ALL_EXTENSIONS = {
+    *EXTENSIONS.values(),
+    *(ext + ENCRYPTED_SUFFIX for (fmt, _), ext in EXTENSIONS.items() if fmt == "plain"),
+}
 MANIFEST_SUFFIX = ".manifest.json"
 GLOBALS_SUFFIX = ".globals.sql"  # pg_dumpall --globals-only beside a backup (cluster_globals)
 PARTIAL_SUFFIX = ".partial"
@@ -35,7 +41,7 @@ _NAME = re.compile(
     r"^(?P<label>.+)-(?P<type>" + "|".join(map(re.escape, BACKUP_TYPES)) + r")-backup-"
     r"(?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})(?:-(?P<seq>\d+))?"
     r"(?P<ext>"
-    + "|".join(sorted({re.escape(e) for e in EXTENSIONS.values()}, key=len, reverse=True))
+    + "|".join(sorted({re.escape(e) for e in _ALL_EXTENSIONS}, key=len, reverse=True))
     + r")$"
 )
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
@@ -78,15 +84,23 @@ def safe_label(database: str) -> str:
     return label or "database"
 
 
-def extension(fmt: str, compression: str) -> str:
+def extension(fmt: str, compression: str, encrypted: bool = False) -> str:
     try:
-        return EXTENSIONS[(fmt, compression)]
+        ext = EXTENSIONS[(fmt, compression)]
     except KeyError:
         raise ConfigError(
             f"Format {fmt!r} cannot be combined with compression {compression!r}.",
             "plain takes gzip, zstd or none; custom and directory take gzip or none "
             "(pg_dump compresses them itself).",
         ) from None
+    if encrypted:
+        if fmt != "plain":
+            raise ConfigError(
+                f"client-side encryption needs format plain (format is {fmt}).",
+                "Set lifeboat_format: plain, or empty lifeboat_encrypt_recipients.",
+            )
+        ext += ENCRYPTED_SUFFIX
+    return ext
 
 
 def build(label: str, backup_type: str, created: datetime, ext: str, seq: int = 0) -> BackupName:
@@ -105,6 +119,7 @@ def parse(name: str) -> BackupName | None:
 
 def format_of(ext: str) -> tuple[str, str]:
     """(format, compression) for an extension; the inverse of `extension`."""
+    ext = ext.removesuffix(ENCRYPTED_SUFFIX)
     for key, value in EXTENSIONS.items():
         if value == ext:
             return key

@@ -46,6 +46,7 @@ from . import (
     cluster_globals,
     compress,
     dump,
+    encrypt,
     lock,
     monitor,
     naming,
@@ -192,6 +193,11 @@ class Source:
             return
         with os.fdopen(fd, "wb") as out, self.store.open(self.entry) as src:
             shutil.copyfileobj(src, out, dump.CHUNK)
+
+    @property
+    def encrypted(self) -> bool:
+        """The manifest says the file is age-encrypted (refuses unknown methods)."""
+        return encrypt.method_of(self.manifest) is not None
 
     def cleanup(self) -> None:
         if self.temporary and self.path:
@@ -343,7 +349,9 @@ def _disk_size(path: str) -> int:
     return os.path.getsize(path)
 
 
-def check_source(source: Source, bin_dir: str | None, full: bool = True) -> verify.Report:
+def check_source(
+    source: Source, bin_dir: str | None, full: bool = True, identity: str | None = None
+) -> verify.Report:
     """Checks before anything is touched; a stock file that fails is 'not a backup'.
 
     With a manifest, `full=False` checks size and sha256 only: the file is then
@@ -353,7 +361,7 @@ def check_source(source: Source, bin_dir: str | None, full: bool = True) -> veri
     if not full and source.manifest is not None:
         return _checksum(source)
     try:
-        return verify.verify_file(source.path, source.manifest, bin_dir)
+        return verify.verify_file(source.path, source.manifest, bin_dir, identity=identity)
     except VerificationFailed as exc:
         if source.manifest is None:
             raise RestoreRefused(
@@ -362,6 +370,20 @@ def check_source(source: Source, bin_dir: str | None, full: bool = True) -> veri
                 "custom-format file.",
             ) from None
         raise
+
+
+def check_decryptable(source: Source, settings: Settings) -> str | None:
+    """For an encrypted source: the identity file, proven to open it (when fetched).
+
+    Runs before the database is touched: no identity file, or one that does
+    not match the recipients, refuses the restore here.
+    """
+    if not source.encrypted:
+        return None
+    identity = encrypt.check_identity_file(settings.encrypt_identity_file, source.location)
+    if source.path:
+        encrypt.probe(source.path, identity, source.location)
+    return identity
 
 
 def _checksum(source: Source) -> verify.Report:
@@ -719,11 +741,13 @@ class Loaded:
 def load(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
     """Restore the source into the (empty) database of `conn`."""
     if source.fmt == "plain":
-        return _load_plain(source, conn, settings.pg_bin_dir)
+        return _load_plain(source, conn, settings.pg_bin_dir, settings.encrypt_identity_file)
     return _load_archive(source, conn, settings)
 
 
-def _load_plain(source: Source, conn: ConnInfo, bin_dir: str | None) -> Loaded:
+def _load_plain(
+    source: Source, conn: ConnInfo, bin_dir: str | None, identity: str | None = None
+) -> Loaded:
     psql = pg.find_tool("psql", bin_dir)
     argv = [
         psql,
@@ -753,13 +777,20 @@ def _load_plain(source: Source, conn: ConnInfo, bin_dir: str | None) -> Loaded:
         )
         dump._grow_pipe(proc.stdin)
         broken = False
+        plain = None
         try:
             tap = dump.HashingReader(raw)
-            reader = compress.decompressor(tap, source.compression)
+            if source.encrypted:  # age -d -i IDENTITY, checked to its authenticated end
+                plain = encrypt.Decryptor(
+                    tap, encrypt.check_identity_file(identity, source.location), source.location
+                )
+            reader = compress.decompressor(plain or tap, source.compression)
             try:
                 while chunk := reader.read(dump.CHUNK):
                     watch.feed(chunk)
                     proc.stdin.write(chunk)
+                if plain is not None:
+                    plain.finish()
             except BrokenPipeError:
                 broken = True
             except (OSError, EOFError, ValueError) as exc:
@@ -789,6 +820,8 @@ def _load_plain(source: Source, conn: ConnInfo, bin_dir: str | None) -> Loaded:
         finally:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
+            if plain is not None:
+                plain.close()
         errfile.seek(0)
         stderr = redact(errfile.read().decode("utf-8", "replace"), conn.password)
     if returncode != 0 or broken:
@@ -1125,9 +1158,12 @@ def restore_one(
     source = resolve_source(settings, target, request)
     result.source = source.location
     try:
+        if source.encrypted:  # no key, no restore: refused before anything happens
+            encrypt.check_identity_file(settings.encrypt_identity_file, source.location)
         if source.path:  # a local file is checked before anything else happens
             log.info("checking %s", source.location)
             check_source(source, settings.pg_bin_dir, full=False)
+            check_decryptable(source, settings)
         store.prepare("pre-restore")
         with lock.hold(store.lock_dir(), label), _admin(conn, {name}) as db:
             for line in recover(db, name, _journal_path(store, label), work_dir):
@@ -1136,6 +1172,7 @@ def restore_one(
                 log.info("downloading %s", source.location)
                 source.fetch(work_dir)
                 check_source(source, settings.pg_bin_dir, full=False)
+                check_decryptable(source, settings)
             if request.with_globals:  # roles first: the dump's owners and grants need them
                 cluster_globals.apply(source, conn, settings.pg_bin_dir)
             original = _db_info(db, name)
@@ -1192,8 +1229,11 @@ def plan(settings: Settings, request: Request, now: datetime | None = None) -> l
         try:
             source = resolve_source(settings, target, request)
             item["source"] = source.describe(now)
+            check_decryptable(source, settings)
             if source.path:
-                report = check_source(source, settings.pg_bin_dir)
+                report = check_source(
+                    source, settings.pg_bin_dir, identity=settings.encrypt_identity_file
+                )
                 item["checks"] = report.checks
             else:
                 item["checks"] = ["remote backup: checked after download"]
@@ -1216,7 +1256,11 @@ def plan(settings: Settings, request: Request, now: datetime | None = None) -> l
                         target.label,
                         "pre-restore",
                         now,
-                        naming.extension(settings.format, settings.compression),
+                        naming.extension(
+                            settings.format,
+                            settings.compression,
+                            bool(settings.encrypt_recipients),
+                        ),
                     )
                 )
                 pre = store.abspath(bname.path)

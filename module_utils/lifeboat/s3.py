@@ -509,7 +509,8 @@ def verify_url(settings, url: str, bin_dir: str | None = None):
     local = os.path.join(work, entry.name.name)
     try:
         manifest = store.download(entry, local)  # size and sha256 against the manifest
-        report = verify.verify_file(local, manifest, bin_dir)
+        identity = getattr(settings, "encrypt_identity_file", None)
+        report = verify.verify_file(local, manifest, bin_dir, identity=identity)
     finally:
         _unlink(local)
     report.path = url

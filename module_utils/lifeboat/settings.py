@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from . import compress, eventlog, naming, notify, retention, status, verify
+from . import compress, encrypt, eventlog, naming, notify, retention, status, verify
 from .conninfo import ConnInfo
 from .errors import ConfigError
 
@@ -60,6 +60,9 @@ DEFAULTS: dict[str, object] = {
     "drill_server": None,
     "globals": False,
     "globals_passwords": False,
+    # Client-side encryption with age (encrypt.py): public recipients; the identity's path.
+    "encrypt_recipients": [],
+    "encrypt_identity_file": None,
 }
 
 # The guide's environment variables, then lifeboat's own.
@@ -130,6 +133,8 @@ class Settings:
     drill_server: str | None = field(default=None, repr=False)
     globals: bool = False
     globals_passwords: bool = False
+    encrypt_recipients: tuple[str, ...] = ()  # age recipients or recipients files; () = off
+    encrypt_identity_file: str | None = None  # path only: the key never leaves the file
     raw: dict = field(default_factory=dict, repr=False)
 
     def target(self, label: str | None) -> Target:
@@ -322,6 +327,7 @@ def build(merged: dict) -> Settings:
         **s3_settings(merged, fmt),
         **monitoring_settings(merged),
         **verify.check_config(merged),
+        **encrypt.check_config(merged, fmt),
         raw=merged,
     )
 

@@ -13,7 +13,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 
-from . import compress, dump, naming, pg
+from . import compress, dump, encrypt, naming, pg
 from . import manifest as manifests
 from .conninfo import ConnInfo
 from .errors import ConfigError, LifeboatError, VerificationFailed
@@ -45,7 +45,13 @@ def detect(path: str) -> tuple[str, str]:
     if os.path.isdir(path):
         return "directory", "none"
     with open(path, "rb") as fh:
-        head = fh.read(8)
+        head = fh.read(32)
+    if encrypt.is_age(head):
+        raise VerificationFailed(
+            f"{path} is encrypted with age and has no manifest.",
+            f"Decrypt it first (`age -d -i KEY {path} > FILE`) and use that file, or "
+            "put its .manifest.json beside it.",
+        )
     compression = compress.sniff(head)
     if compression == "none" and head.startswith(dump.CUSTOM_MAGIC):
         return "custom", "none"
@@ -53,9 +59,17 @@ def detect(path: str) -> tuple[str, str]:
 
 
 def verify_file(
-    path: str, manifest: dict | None = None, bin_dir: str | None = None, progress=None
+    path: str,
+    manifest: dict | None = None,
+    bin_dir: str | None = None,
+    progress=None,
+    identity: str | None = None,
 ) -> Report:
-    """Check one backup file (or directory archive); raise VerificationFailed on any fault."""
+    """Check one backup file (or directory archive); raise VerificationFailed on any fault.
+
+    An age-encrypted backup is decrypted with `identity` (an age key file) for
+    the content checks; without one only its size and sha256 are checked.
+    """
     report = Report(path)
     if not os.path.exists(path):
         raise VerificationFailed(f"Backup {path} does not exist.", "Check the path.")
@@ -68,8 +82,11 @@ def verify_file(
         fmt, compression = manifest["format"], manifest["compression"]
     if fmt == "directory":
         _verify_directory(path, manifest, report)
+    elif encrypt.method_of(manifest) and not identity:
+        _verify_checksum(path, manifest, report)
+        report.checks.append("encrypted: contents not checked (no identity file)")
     else:
-        _verify_stream(path, fmt, compression, manifest, report, progress)
+        _verify_stream(path, fmt, compression, manifest, report, progress, identity)
     if fmt in ("custom", "directory"):
         _pg_restore_list(path, bin_dir, report)
     return report
@@ -79,29 +96,58 @@ def _fail(path: str, why: str) -> VerificationFailed:
     return VerificationFailed(f"Backup verification failed for {path}: {why}.", REMEDY)
 
 
-def _verify_stream(path, fmt, compression, manifest, report, progress) -> None:
-    codec = compression if fmt == "plain" else "none"
-    watch = dump.StreamWatch(fmt)
+def _verify_checksum(path, manifest, report) -> None:
     with open(path, "rb") as fh:
         tap = dump.HashingReader(fh)
-        reader = compress.decompressor(tap, codec)
+        while tap.read(dump.CHUNK):
+            pass
+    _match_manifest(path, tap, manifest, report)
+
+
+def _match_manifest(path, tap, manifest, report) -> None:
+    if tap.size != manifest["size"]:
+        raise _fail(path, f"size is {tap.size} bytes, manifest says {manifest['size']}")
+    if tap.sha256.hexdigest() != manifest["sha256"]:
+        raise _fail(path, "sha256 does not match the manifest")
+    report.checks.append("size and sha256 match the manifest")
+
+
+def _verify_stream(path, fmt, compression, manifest, report, progress, identity=None) -> None:
+    codec = compression if fmt == "plain" else "none"
+    watch = dump.StreamWatch(fmt)
+    encrypted = encrypt.method_of(manifest) is not None
+    with open(path, "rb") as fh:
+        tap = dump.HashingReader(fh)
+        plain = encrypt.Decryptor(tap, identity, path) if encrypted else tap
         try:
+            reader = compress.decompressor(plain, codec)
             while chunk := reader.read(dump.CHUNK):
                 watch.feed(chunk)
                 if progress:
                     progress(watch.size, tap.size)
+            if encrypted:
+                plain.finish()  # age's exit code: the whole stream authenticated
+        except VerificationFailed:
+            if encrypted and manifest is not None:
+                # A damaged file fails decryption: say so by its checksum when it differs.
+                plain.close()
+                while tap.read(dump.CHUNK):
+                    pass
+                _match_manifest(path, tap, manifest, report)
+            raise
         except LifeboatError:
             raise
         except Exception as exc:  # zlib-ng/zstd raise their own types
             raise _fail(path, f"{compression} stream is corrupt or truncated ({exc})") from None
+        finally:
+            if encrypted:
+                plain.close()
+    if encrypted:
+        report.checks.append("age decryption complete (identity file given)")
     if codec != "none":
         report.checks.append(f"{compression} stream complete ({watch.size} bytes uncompressed)")
     if manifest is not None:
-        if tap.size != manifest["size"]:
-            raise _fail(path, f"size is {tap.size} bytes, manifest says {manifest['size']}")
-        if tap.sha256.hexdigest() != manifest["sha256"]:
-            raise _fail(path, "sha256 does not match the manifest")
-        report.checks.append("size and sha256 match the manifest")
+        _match_manifest(path, tap, manifest, report)
     fault = watch.fault()
     if fault:
         raise _fail(path, fault)

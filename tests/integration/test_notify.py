@@ -471,3 +471,20 @@ def test_disk_full_before_the_dump_notifies(app_db, tmp_path, hooks):
         assert any("Failed to save the run state" in w for w in result.warnings)
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_restore_playbook_notifies_and_hides_secrets(app_db, backup_dir, hooks, lifeboat_env):
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    common = ["-e", f"lifeboat_backup_dir={backup_dir}",
+              "-e", f"lifeboat_webhook_url={hook_url(hooks)}"]  # fmt: skip
+    run = [ROOT / ".venv" / "bin" / "lifeboat", "backup", "--backup-dir", str(backup_dir)]
+    subprocess.run(run, env=env, check=True, capture_output=True)
+    proc = subprocess.run(
+        ["ansible-playbook", "playbooks/restore.yml", *common,
+         "-e", "restore_latest=true", "-e", "confirm=true"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [event] = [b for b in hooks.bodies("/hook") if b["kind"] == "restore"]
+    assert event["database"] == app_db.name and event["ok"] is True
+    assert_no_secret(json.dumps(hooks.bodies("/hook")), app_db.url)
