@@ -245,19 +245,7 @@ def backup_one(
         result.file = store.abspath(bname.path)
         result.size = produced.size
         result.sha256 = produced.sha256
-        try:
-            result.deleted = prune(
-                store,
-                store.list(),
-                settings.retention,
-                now or utcnow(),
-                [backup_type],
-                target.label,
-            )
-        except LifeboatError as exc:
-            # The new backup is good; an old one lingering is the lesser harm.
-            result.warnings.append(f"Retention skipped: {exc}")
-            log.warning("retention skipped for %s: %s", target.label, exc)
+        prune_after_backup(store, settings, backup_type, target.label, now, result)
         if remote:
             finish_offsite(offsite, remote, manifest, settings, backup_type, target, result, now)
 
@@ -272,18 +260,20 @@ def finish_offsite(offsite, remote, manifest, settings, backup_type, target, res
         raise
     result.s3_key = remote.location
     log.info("uploaded %s", remote.location)
+    prune_after_backup(offsite, settings, backup_type, target.label, now, result)
+
+
+def prune_after_backup(store, settings, backup_type, label, now, result) -> None:
+    """Retention for one type and database after a good backup, in one store."""
     try:
         result.deleted += prune(
-            offsite,
-            offsite.list(),
-            settings.retention,
-            now or utcnow(),
-            [backup_type],
-            target.label,
+            store, store.list(), settings.retention, now or utcnow(), [backup_type], label
         )
     except LifeboatError as exc:
-        result.warnings.append(f"S3 retention skipped: {exc}")
-        log.warning("S3 retention skipped for %s: %s", target.label, exc)
+        # The new backup is good; an old one lingering is the lesser harm.
+        where = "S3 retention" if store.kind == "s3" else "Retention"
+        result.warnings.append(f"{where} skipped: {exc}")
+        log.warning("%s skipped for %s: %s", where, label, exc)
 
 
 def candidates(entries: list[Entry]) -> list[retention.Candidate]:
