@@ -67,3 +67,62 @@ options:
         atomically after every run. Unset, no metrics are written.
     type: path
 """
+
+    S3 = r"""
+options:
+  s3_bucket:
+    description:
+      - Bucket of the off-site copies. Backups are also copied to
+        C(s3://<s3_bucket>/<s3_prefix>/<type>/<same name>), manifest last; restores and drills
+        find them there. The role defaults it to C(BACKUP_S3_BUCKET) on the control node.
+      - Credentials come from the standard AWS chain on the host (environment, profile,
+        instance role); this module takes none, so none can reach its output.
+      - If an upload fails, the local backup is kept complete and valid and the module fails
+        naming S3.
+    type: str
+  s3_prefix:
+    description: Key prefix in the bucket; give each host its own when several share a bucket.
+    type: str
+    default: backups
+  s3_endpoint_url:
+    description: S3-compatible endpoint (MinIO, Ceph, R2, ...); the role defaults it to
+      C(AWS_ENDPOINT_URL).
+    type: str
+  s3_region:
+    description: Region; default from the AWS chain (C(AWS_REGION), profile).
+    type: str
+  s3_sse:
+    description: Server-side encryption of the uploaded objects; recorded in the S3 manifest.
+    type: str
+    choices: [AES256, aws:kms]
+  s3_sse_kms_key_id:
+    description: KMS key id or ARN with O(s3_sse=aws:kms); default the bucket's AWS-managed key.
+    type: str
+  s3_part_size_mb:
+    description:
+      - First multipart part size (MiB, 5 to 5120). Parts double every 1,000 parts, so the
+        default 8 MiB reaches 8 TiB within S3's 10,000-part cap.
+    type: int
+    default: 8
+  s3_max_attempts:
+    description: Attempts per S3 request (botocore adaptive retries with backoff).
+    type: int
+    default: 5
+"""
+
+    ENCRYPTION = r"""
+options:
+  encrypt_recipients:
+    description:
+      - age recipients (C(age1...) public keys) or paths of recipients files on the host.
+      - When set, plain-format backups are encrypted with C(age) after compression
+        (C(.sql.gz.age)); custom and directory formats are refused.
+    type: list
+    elements: str
+    default: []
+  encrypt_identity_file:
+    description:
+      - Path on the host of the age identity (key) file that decrypts encrypted backups
+        (for restores, verification and drills). Only the path is passed; keep the file 0600.
+    type: path
+"""

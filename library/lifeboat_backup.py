@@ -95,21 +95,10 @@ options:
   pg_bin_dir:
     description: Directory holding C(pg_dump); default is the newest installed major.
     type: path
-  encrypt_recipients:
-    description:
-      - age recipients (C(age1...) public keys) or paths of recipients files on the host.
-      - When set, plain-format backups are encrypted with C(age) after compression
-        (C(.sql.gz.age)); custom and directory formats are refused.
-    type: list
-    elements: str
-    default: []
-  encrypt_identity_file:
-    description:
-      - Path on the host of the age identity (key) file that decrypts encrypted backups
-        (for restores, verification and drills). Only the path is passed; keep the file 0600.
-    type: path
 extends_documentation_fragment:
   - lifeboat.monitoring
+  - lifeboat.s3
+  - lifeboat.encryption
 attributes:
   check_mode:
     support: full

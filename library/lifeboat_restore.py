@@ -119,52 +119,10 @@ options:
   pg_bin_dir:
     description: Directory holding C(psql), C(pg_restore) and C(pg_dump).
     type: path
-  s3_endpoint_url:
-    description: S3-compatible endpoint for O(restore_from_s3) and the S3 fallback.
-    type: str
-  s3_region:
-    description: S3 region; default from the AWS chain.
-    type: str
-  s3_bucket:
-    description:
-      - With O(restore_latest), when no complete local backup exists, the newest complete one
-        in C(s3://<s3_bucket>/<s3_prefix>/) is downloaded, checked and restored.
-      - S3 credentials come from the standard AWS chain on the host.
-    type: str
-  s3_prefix:
-    description: Key prefix in the bucket.
-    type: str
-    default: backups
-  s3_sse:
-    description: Accepted for symmetry with M(lifeboat_backup); not used by a restore.
-    type: str
-    choices: [AES256, aws:kms]
-  s3_sse_kms_key_id:
-    description: Accepted for symmetry with M(lifeboat_backup); not used by a restore.
-    type: str
-  s3_part_size_mb:
-    description: Accepted for symmetry with M(lifeboat_backup); not used by a restore.
-    type: int
-    default: 8
-  s3_max_attempts:
-    description: Attempts per S3 request.
-    type: int
-    default: 5
-  encrypt_recipients:
-    description:
-      - age recipients (C(age1...) public keys) or paths of recipients files on the host.
-      - When set, plain-format backups are encrypted with C(age) after compression
-        (C(.sql.gz.age)); custom and directory formats are refused.
-    type: list
-    elements: str
-    default: []
-  encrypt_identity_file:
-    description:
-      - Path on the host of the age identity (key) file that decrypts encrypted backups
-        (for restores, verification and drills). Only the path is passed; keep the file 0600.
-    type: path
 extends_documentation_fragment:
   - lifeboat.monitoring
+  - lifeboat.s3
+  - lifeboat.encryption
 attributes:
   check_mode:
     support: full
