@@ -9,34 +9,12 @@ size <= 1.02x gzip -9's, peak RSS of the backup process <= 150 MiB.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, big_database, report, timed
-
-# The command under test; LIFEBOAT_BENCH_CMD measures another build of it.
-LIFEBOAT_CMD = os.environ.get("LIFEBOAT_BENCH_CMD", str(ROOT / ".venv/bin/lifeboat")).split()
-
-
-def lifeboat_backup(url: str, backup_dir: Path) -> tuple[float, int, float]:
-    """(seconds, bytes, peak RSS MiB) of one `lifeboat backup` run."""
-    env = dict(
-        os.environ,
-        DATABASE_URL=url,
-        LIFEBOAT_BACKUP_DIR=str(backup_dir),
-        LIFEBOAT_CONFIG="/nonexistent",
-    )
-    shutil.rmtree(backup_dir, ignore_errors=True)
-    rss_file = str(backup_dir) + ".rss"
-    seconds = timed(
-        ["/usr/bin/time", "-f", "%M", "-o", rss_file, *LIFEBOAT_CMD, "backup", "-q"], env=env
-    )
-    [dump] = [p for p in (backup_dir / "daily").iterdir() if p.name.endswith(".sql.gz")]
-    rss_kib = int(Path(rss_file).read_text().split()[-1])
-    return seconds, dump.stat().st_size, rss_kib / 1024
+from common import ROOT, big_database, measured_backup, report, timed
 
 
 def main() -> int:
@@ -50,7 +28,10 @@ def main() -> int:
         raw_size = raw_file.stat().st_size
         raw = min(timed(f"{pg_dump} {conn} > {raw_file}", shell=True) for _ in range(2))
         guide = timed(f"set -o pipefail; {pg_dump} {conn} | gzip -9 > {gz_file}", shell=True)
-        ours = [lifeboat_backup(url, work / "store") for _ in range(2)]
+        ours = []
+        for _ in range(2):  # each run replaces the previous one's store: size it now
+            seconds, dump, rss, _ = measured_backup(url, work / "store")
+            ours.append((seconds, dump.stat().st_size, rss))
         seconds = min(r[0] for r in ours)
         size = ours[0][1]
         rss = max(r[2] for r in ours)

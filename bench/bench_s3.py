@@ -14,7 +14,6 @@ in S3 identical to the local file.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import socket
 import subprocess
@@ -23,9 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, big_database, report, timed
+from common import ROOT, big_database, measured_backup, report
 
-LIFEBOAT = ROOT / ".venv" / "bin" / "lifeboat"
 BUCKET = "lifeboat-bench"
 
 
@@ -53,25 +51,6 @@ def start_moto() -> tuple[subprocess.Popen, str]:
     raise SystemExit("moto_server did not start")
 
 
-def backup(url: str, backup_dir: Path, extra_env: dict) -> tuple[float, Path, float, float]:
-    """(seconds, dump file, peak RSS MiB, CPU seconds) of one `lifeboat backup` run."""
-    env = dict(
-        os.environ,
-        DATABASE_URL=url,
-        LIFEBOAT_BACKUP_DIR=str(backup_dir),
-        LIFEBOAT_CONFIG="/nonexistent",
-        **extra_env,
-    )
-    shutil.rmtree(backup_dir, ignore_errors=True)
-    rss_file = str(backup_dir) + ".rss"
-    seconds = timed(
-        ["/usr/bin/time", "-f", "%M %U %S", "-o", rss_file, str(LIFEBOAT), "backup", "-q"], env=env
-    )
-    [dump] = [p for p in (backup_dir / "daily").iterdir() if p.name.endswith(".sql.gz")]
-    rss_kib, user, system = Path(rss_file).read_text().split()[-3:]
-    return seconds, dump, int(rss_kib) / 1024, float(user) + float(system)
-
-
 def main() -> int:
     _, url = big_database()
     moto, endpoint = start_moto()
@@ -95,13 +74,14 @@ def main() -> int:
             aws_secret_access_key="bench",  # noqa: S106 - moto accepts anything
         )
         client.create_bucket(Bucket=BUCKET)
-        backup(url, work / "warm", {})  # warm the caches once
-        plain = [backup(url, work / "local", {}) for _ in range(2)]
+        measured_backup(url, work / "warm", {})  # warm the caches once
+        plain = [measured_backup(url, work / "local", {}) for _ in range(2)]
         local = min(r[0] for r in plain)
         local_cpu = min(r[3] for r in plain)
         runs = []
         for index in range(2):
-            runs.append(backup(url, work / f"s3-{index}", {**aws, "BACKUP_S3_BUCKET": BUCKET}))
+            offsite = {**aws, "BACKUP_S3_BUCKET": BUCKET}
+            runs.append(measured_backup(url, work / f"s3-{index}", offsite))
         both = min(r[0] for r in runs)
         rss = max(r[2] for r in runs)
         cpu = min(r[3] for r in runs)

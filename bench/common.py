@@ -88,6 +88,29 @@ def socket_url(cluster: pgcluster.Cluster, db: str) -> str:
     return f"postgresql://postgres@/{db}?host={cluster.socket_dir}&port={cluster.port}"
 
 
+# The command under test; LIFEBOAT_BENCH_CMD measures another build of it.
+LIFEBOAT_CMD = os.environ.get("LIFEBOAT_BENCH_CMD", str(ROOT / ".venv/bin/lifeboat")).split()
+
+
+def measured_backup(url: str, backup_dir: Path, extra_env: dict | None = None):
+    """One `lifeboat backup` run: (seconds, dump file, peak RSS MiB, CPU seconds)."""
+    env = dict(
+        os.environ,
+        DATABASE_URL=url,
+        LIFEBOAT_BACKUP_DIR=str(backup_dir),
+        LIFEBOAT_CONFIG="/nonexistent",
+        **(extra_env or {}),
+    )
+    subprocess.run(["rm", "-rf", str(backup_dir)], check=True)
+    rss_file = str(backup_dir) + ".rss"
+    seconds = timed(
+        ["/usr/bin/time", "-f", "%M %U %S", "-o", rss_file, *LIFEBOAT_CMD, "backup", "-q"], env=env
+    )
+    [dump] = [p for p in (backup_dir / "daily").iterdir() if p.name.endswith(".sql.gz")]
+    rss_kib, user, system = Path(rss_file).read_text().split()[-3:]
+    return seconds, dump, int(rss_kib) / 1024, float(user) + float(system)
+
+
 def timed(argv_or_fn, *, shell: bool = False, env=None) -> float:
     """Wall time of a command (list or shell string) or a callable."""
     started = time.perf_counter()

@@ -130,13 +130,12 @@ class Cluster:
     def is_running(self) -> bool:
         return self._run("pg_ctl", "-D", str(self.datadir), "status", check=False).returncode == 0
 
-    def psql(self, sql: str, db: str = "postgres", check: bool = True) -> str:
-        """Run SQL as the superuser over the Unix socket; return stdout."""
-        out = self._run(
+    def _psql(self, db: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """psql as the superuser over the Unix socket, stopping at the first error."""
+        return self._run(
             "psql",
             "-X",
             "-q",
-            "-At",
             "-v",
             "ON_ERROR_STOP=1",
             "-h",
@@ -147,30 +146,16 @@ class Cluster:
             "postgres",
             "-d",
             db,
-            "-c",
-            sql,
+            *args,
             check=check,
         )
-        return out.stdout.strip()
+
+    def psql(self, sql: str, db: str = "postgres", check: bool = True) -> str:
+        """Run SQL as the superuser; return psql's unaligned output."""
+        return self._psql(db, "-At", "-c", sql, check=check).stdout.strip()
 
     def psql_file(self, path: str, db: str) -> None:
-        self._run(
-            "psql",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            self.socket_dir,
-            "-p",
-            str(self.port),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-f",
-            path,
-        )
+        self._psql(db, "-f", path)
 
     def create_owner(self, role: str, password: str, db: str) -> str:
         """A LOGIN + CREATEDB role owning `db`; returns its URL (password encoded)."""
