@@ -1,7 +1,7 @@
 """Restore drills: prove a backup restores, and measure how long it takes.
 
 A drill is `lifeboat verify --deep`: the cheap checks of verify.py first,
-then the backup is restored with restore.py's own loader into a scratch
+then the backup is restored with the restore package's own loader into a scratch
 database `<db>__lifeboat_drill_<time>` on the same server (or on
 `drill_server`, so production does not carry the load), compared with the
 manifest (table count, exact per-table rows), put through the user's checks
@@ -154,7 +154,7 @@ def run(
         try:
             try:
                 drill_one(settings, target, request, result, source_path, now=now)
-            except restore._psycopg_errors().Error as exc:
+            except restore.psycopg_lib().Error as exc:
                 error = pg.classify(str(exc), _server(settings, target), "run the drill on")
                 raise error from None
             result.ok = True
@@ -247,7 +247,7 @@ def drill_one(
     store = backup.store_for(settings)
     timings = result.timings
     if path and path.startswith("s3://"):
-        source = restore._s3_source(settings, path)
+        source = restore.source.s3_source(settings, path)
     elif path:
         source = restore.file_source(path)
     else:
@@ -278,7 +278,7 @@ def drill_one(
         result.server = where_server(server)
         name = (source.manifest or {}).get("database") or target.conn.dbname
         queries = queries_for(settings, target.label)
-        with restore._admin(server, set()) as db:
+        with restore.admin(server, set()) as db:
             result.cleaned = cleanup(db)
             for line in result.cleaned:
                 log.warning("cleanup: %s", line)
@@ -286,7 +286,7 @@ def drill_one(
             scratch = scratch_name(name, now)
             # Claimed before it exists: a concurrent cleanup must leave it alone.
             db.execute("SELECT pg_advisory_lock(hashtext(%s))", (LOCK_PREFIX + scratch,))
-            like = None if settings.drill_server else restore._db_info(db, name)
+            like = None if settings.drill_server else restore.db_info(db, name)
             if like is not None:
                 # Owner, encoding and locale only: a drill needs no grants or settings,
                 # and copying some settings takes a superuser.
@@ -294,13 +294,13 @@ def drill_one(
             mark = time.monotonic()
             result.scratch = scratch
             try:
-                result.warnings += restore._create_like(db, scratch, like, server)
+                result.warnings += restore.scratch.create_like(db, scratch, like, server)
                 log.info("drill: restoring %s into %s", source.location, scratch)
-                loaded = restore.load(source, server.with_dbname(scratch), settings)
+                loaded = restore.load.load(source, server.with_dbname(scratch), settings)
                 timings["restore"] = round(time.monotonic() - mark, 3)
                 mark = time.monotonic()
                 with pg.connect(server, scratch) as sdb:
-                    _, _, warnings = restore.verify_restored(sdb, source, loaded)
+                    _, _, warnings = restore.verification.verify_restored(sdb, source, loaded)
                     result.warnings += warnings
                     result.checks += compare_manifest(sdb, source.manifest, result)
                     sdb.execute("ANALYZE")  # a real restore does it before the swap
@@ -350,14 +350,14 @@ def where_server(conn: ConnInfo) -> str:
 
 
 def scratch_name(dbname: str, now: datetime) -> str:
-    return f"{restore._base(dbname)}{DRILL_TAG}{now.strftime(restore.STAMP)}"
+    return f"{restore.names.base(dbname)}{DRILL_TAG}{now.strftime(restore.names.STAMP)}"
 
 
 def _drop_scratch(db, scratch: str, result: DrillResult) -> bool:
     try:
-        restore._drop(db, scratch)
+        restore.drop(db, scratch)
         gone = not db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (scratch,)).fetchone()
-    except restore._psycopg_errors().Error as exc:
+    except restore.psycopg_lib().Error as exc:
         gone = False
         text = " ".join(str(exc).split())
         result.warnings.append(
@@ -380,9 +380,9 @@ def cleanup(db) -> list[str]:
         if not db.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
             continue  # a live drill owns it
         try:
-            restore._drop(db, name)
+            restore.drop(db, name)
             done.append(f"dropped scratch database {name} of an interrupted drill")
-        except restore._psycopg_errors().Error as exc:
+        except restore.psycopg_lib().Error as exc:
             log.warning("could not drop %s: %s", name, " ".join(str(exc).split()))
         finally:
             db.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
@@ -438,7 +438,7 @@ def queries_for(settings: Settings, label: str) -> tuple[str, ...]:
 
 def run_queries(db, queries) -> list[dict]:
     """Each user check in its own read-only transaction; all run, each reported."""
-    psycopg = restore._psycopg_errors()
+    psycopg = restore.psycopg_lib()
     outcomes = []
     for sql in queries:
         item = {"sql": sql, "ok": False, "outcome": ""}

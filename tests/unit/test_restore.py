@@ -21,12 +21,12 @@ def test_scratch_and_replaced_names_fit_postgres_limit_and_match_leftovers():
             name = make(db, NOW)
             assert len(name.encode()) <= 63
             assert name.endswith(tag + "20250115143000")
-            assert restore._leftover(db, tag).match(name)
+            assert restore.names.leftover(db, tag).match(name)
     assert restore.scratch_name("plotzed", NOW) == "plotzed__lifeboat_restore_20250115143000"
 
 
 def test_leftover_pattern_does_not_touch_other_databases():
-    pattern = restore._leftover("app", restore.SCRATCH_TAG)
+    pattern = restore.names.leftover("app", restore.SCRATCH_TAG)
     assert not pattern.match("app2__lifeboat_restore_20250115143000")
     assert not pattern.match("app__lifeboat_restore_")
     assert not pattern.match("app__lifeboat_replaced_20250115143000")
@@ -50,8 +50,11 @@ def test_request_checks_type_and_target_name():
 
 
 def test_list_settings_are_quoted_item_by_item():
-    assert restore._list_value('"$user", public, "My Schema"') == "'$user', 'public', 'My Schema'"
-    assert restore._list_value("audit") == "'audit'"
+    assert (
+        restore.scratch.list_value('"$user", public, "My Schema"')
+        == "'$user', 'public', 'My Schema'"
+    )
+    assert restore.scratch.list_value("audit") == "'audit'"
 
 
 def test_run_refuses_without_confirm_before_touching_anything():
@@ -65,7 +68,7 @@ def test_run_refuses_without_confirm_before_touching_anything():
 
 def test_s3_url_must_be_an_s3_url():
     with pytest.raises(ConfigError, match="not an S3 URL"):
-        restore._s3_source(None, "https://bucket/key")
+        restore.source.s3_source(None, "https://bucket/key")
 
 
 def test_file_source_refuses_missing_and_partial(tmp_path):

@@ -1,0 +1,137 @@
+"""Database facts and SQL helpers shared by the restore steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import (
+    pg,
+)
+from ..conninfo import ConnInfo
+from ..errors import (
+    ConnectionFailed,
+    PermissionDenied,
+    RestoreFailed,
+)
+
+MAINTENANCE_DBS = ("postgres", "template1")
+
+
+@dataclass
+class DbInfo:
+    name: str
+    owner: str
+    encoding: str
+    collate: str
+    ctype: str
+    provider: str
+    icu_locale: str | None
+    connlimit: int
+    allowconn: bool
+    comment: str | None
+    has_acl: bool
+
+
+def db_info(db, name: str) -> DbInfo | None:
+    version = db.info.server_version
+    icu = "daticulocale" if version >= 150000 else "NULL"
+    icu = "datlocale" if version >= 170000 else icu
+    provider = "datlocprovider::text" if version >= 150000 else "'c'"
+    row = db.execute(
+        f"SELECT datname, pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate,"
+        f" datctype, {provider}, {icu}, datconnlimit, datallowconn,"
+        f" shobj_description(oid, 'pg_database'), datacl IS NOT NULL"
+        f" FROM pg_database WHERE datname = %s",
+        (name,),
+    ).fetchone()
+    return DbInfo(*row) if row else None
+
+
+def databases(db) -> list[str]:
+    return [r[0] for r in db.execute("SELECT datname FROM pg_database").fetchall()]
+
+
+def sql_lib():
+    from psycopg import sql
+
+    return sql
+
+
+def ident(name: str):
+    return sql_lib().Identifier(name)
+
+
+def psycopg_lib():
+    import psycopg
+
+    return psycopg
+
+
+def admin(conn: ConnInfo, avoid: set[str]):
+    """A connection to a maintenance database (never one we rename or drop)."""
+    last = None
+    for dbname in MAINTENANCE_DBS:
+        if dbname in avoid:
+            continue
+        try:
+            return pg.connect(conn, dbname)
+        except ConnectionFailed as exc:
+            last = exc
+    raise ConnectionFailed(
+        f"Failed to connect to a maintenance database (postgres or template1) on "
+        f"{conn.host or 'local socket'} as {conn.user or 'the current user'}: {last.message}",
+        "A restore renames databases, which must be done from another database: "
+        "GRANT CONNECT ON DATABASE postgres to the role.",
+    )
+
+
+def run_sql(
+    db,
+    statement,
+    params=None,
+    action: str = "restore",
+    conn: ConnInfo | None = None,
+    hint: str = "",
+):
+    psycopg = psycopg_lib()
+    try:
+        return db.execute(statement, params)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PermissionDenied(
+            f"Failed to {action}: {' '.join(str(exc).split())}.",
+            hint or privilege_hint(str(exc), conn),
+        ) from None
+    except psycopg.Error as exc:
+        raise RestoreFailed(
+            f"Failed to {action}: {' '.join(str(exc).split())}.",
+            hint
+            or "The original database is untouched. Check the server "
+            "log, then run the restore again.",
+        ) from None
+
+
+def privilege_hint(text: str, conn: ConnInfo | None) -> str:
+    user = (conn.user if conn else "") or "the restoring role"
+    lowered = text.lower()
+    if "create database" in lowered:
+        return (
+            f"The role needs CREATEDB: `ALTER ROLE {user} CREATEDB;` (managed PostgreSQL "
+            "owner roles normally have it). The original database is untouched."
+        )
+    if "member of role" in lowered or "set role" in lowered:
+        return (
+            f"Restore as the database owner, or `GRANT <owner> TO {user};`. "
+            "The original database is untouched."
+        )
+    if "terminate" in lowered or "signal" in lowered:
+        return (
+            f"`GRANT pg_signal_backend TO {user};` lets it end other roles' sessions "
+            "(superuser sessions must be ended by a superuser). The original database is "
+            "untouched."
+        )
+    return "Restore as the database owner. The original database is untouched."
+
+
+def drop(db, name: str) -> None:
+    force = " WITH (FORCE)" if db.info.server_version >= 130000 else ""
+    db.execute(sql_lib().SQL("DROP DATABASE IF EXISTS {}" + force).format(ident(name)))
