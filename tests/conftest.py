@@ -26,6 +26,8 @@ from s3_fixtures import moto_server, s3  # noqa: E402, F401 - S3 endpoint fixtur
 
 OWNER = "app_owner"
 OWNER_PASSWORD = "p@ss:w/rd%20 'q' #1"  # needs URL-encoding, has a quote and a colon
+REPORTING = "app_reporting"  # a second role: owns a schema in realistic_db, granted CONNECT
+REALISTIC_SQL = Path(__file__).resolve().parent / "datasets" / "realistic.sql"
 _counter = itertools.count(1)
 
 
@@ -61,6 +63,7 @@ def pg(pg_tmp):
     cluster.start()
     lit = OWNER_PASSWORD.replace("'", "''")
     cluster.psql(f"CREATE ROLE {OWNER} LOGIN CREATEDB PASSWORD '{lit}'")
+    cluster.psql(f"CREATE ROLE {REPORTING} LOGIN PASSWORD 'reporting'")
     yield cluster
     cluster.stop("immediate")
 
@@ -86,6 +89,35 @@ def make_db(cluster: pgcluster.Cluster, name: str | None = None, seed: bool = Tr
 def app_db(pg) -> AppDB:
     """A fresh database owned by the app role, with the users/plots demo data."""
     return make_db(pg)
+
+
+def make_realistic_db(cluster: pgcluster.Cluster, name: str | None = None) -> AppDB:
+    """A database lifeboat did not design (tests/datasets/realistic.sql) with
+    database-level properties a restore must bring back: ICU locale provider,
+    connection limit, ALTER DATABASE / per-role settings, CONNECT revoked from
+    PUBLIC and granted to one role, and a comment."""
+    name = name or f"real{next(_counter)}"
+    cluster.psql(
+        f'CREATE DATABASE "{name}" OWNER {OWNER} TEMPLATE template0 ENCODING UTF8 '
+        "LOCALE 'C.UTF-8' LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' CONNECTION LIMIT 40"
+    )
+    for statement in (
+        f'ALTER DATABASE "{name}" SET search_path TO "$user", sales, public',
+        f"ALTER DATABASE \"{name}\" SET statement_timeout TO '5min'",
+        f"ALTER ROLE {REPORTING} IN DATABASE \"{name}\" SET work_mem TO '8MB'",
+        f'REVOKE CONNECT, TEMPORARY ON DATABASE "{name}" FROM PUBLIC',
+        f'GRANT CONNECT ON DATABASE "{name}" TO {REPORTING}',
+        f"COMMENT ON DATABASE \"{name}\" IS 'orders and payments (realistic fixture)'",
+    ):
+        cluster.psql(statement)
+    cluster.psql_file(str(REALISTIC_SQL), name)
+    return AppDB(name, cluster.url(OWNER, OWNER_PASSWORD, name), cluster)
+
+
+@pytest.fixture
+def realistic_db(pg) -> AppDB:
+    """A fresh copy of the realistic dataset; see make_realistic_db."""
+    return make_realistic_db(pg)
 
 
 @pytest.fixture
@@ -119,16 +151,42 @@ def run_cli(args: list[str], env: dict, check: bool = False, **kw) -> subprocess
     return proc
 
 
-def fingerprint(db: AppDB) -> dict[str, str]:
-    """md5 of every user table's rows in a stable order: equal means same data."""
+def fingerprint(db: AppDB, superuser: bool = False) -> dict[str, str]:
+    """md5 of every user table's rows in a stable order: equal means same data.
+
+    `superuser=True` reads past row-level security and other owners' schemas,
+    and adds the large objects and the database-level properties."""
     tables = db.sql(
         "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
-        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+        superuser,
     )
     result = {}
     for table in filter(None, tables.splitlines()):
         result[table] = db.sql(
             f"SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, E'\\n' "
-            f"ORDER BY t::text)), '') FROM {table} t"
+            f"ORDER BY t::text)), '') FROM {table} t",
+            superuser,
         )
+    if superuser:
+        result["large objects"] = db.sql(
+            "SELECT count(*) || ':' || coalesce(md5(string_agg(loid || ':' || pageno || ':' "
+            "|| md5(data), ',' ORDER BY loid, pageno)), '') FROM pg_largeobject",
+            True,
+        )
+        result["database"] = database_properties(db)
     return result
+
+
+def database_properties(db: AppDB) -> str:
+    """Owner, locale, limits, ACL, comment and settings of the database itself."""
+    name = db.name.replace("'", "''")
+    return db.cluster.psql(
+        "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datlocprovider,"
+        " daticulocale, datcollate, datctype, datconnlimit, datacl,"
+        " shobj_description(oid, 'pg_database'),"
+        " (SELECT array_agg(coalesce(pg_get_userbyid(nullif(s.setrole, 0)), '-') || '='"
+        "   || array_to_string(s.setconfig, ';') ORDER BY 1) FROM pg_db_role_setting s"
+        "   WHERE s.setdatabase = d.oid)"
+        f" FROM pg_database d WHERE datname = '{name}'"
+    )
