@@ -11,20 +11,21 @@ DEMO_DIR := $(CURDIR)/.demo
 
 # Debian packages the tests use, as package:probe pairs.
 TEST_SYSTEM_DEPS := postgresql-15:/usr/lib/postgresql/*/bin/initdb postgresql-client:pg_dump \
-	logrotate:logrotate cron:cron faketime:faketime age:age
+	logrotate:logrotate cron:cron faketime:faketime age:age zstd:zstd pgbackrest:pgbackrest
 
 .PHONY: help setup setup-test backup test test-unit test-integration lint bench clean demo-stop \
-	molecule molecule-setup
+	molecule molecule-setup collection
 
 help:
 	@echo "make setup     create .venv with pinned dependencies and the lifeboat CLI"
 	@echo "make backup    back up \$$DATABASE_URL (or an embedded demo database) with playbooks/backup.yml"
 	@echo "make test      lint + unit + integration tests against real servers"
 	@echo "make bench     benchmarks (about 1 GB of generated data; several minutes)"
-	@echo "make lint      ruff + ansible-lint (production profile)"
+	@echo "make lint      ruff + ansible-lint (production profile) + ansible-test validate-modules"
+	@echo "make collection build/lifeboat-postgresql-<version>.tar.gz, for ansible-galaxy collection install"
 	@echo "make molecule  provision two podman containers with playbooks/provision.yml, verify with testinfra"
 
-$(VENV)/.runtime: requirements/runtime.txt pyproject.toml
+$(VENV)/.runtime: requirements/runtime.txt requirements/host.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements/runtime.txt
@@ -55,6 +56,13 @@ lint: setup-test
 	ruff check .
 	ruff format --check module_utils library doc_fragments tests bench tools molecule roles
 	ansible-lint --profile production
+	$(MAKE) collection
+	python tools/collection_sanity.py
+
+# The lifeboat.postgresql collection, assembled from this layout into build/
+# (tools/build_collection.py); ansible-test checks it in `make lint`.
+collection: setup
+	python tools/build_collection.py
 
 test-unit: setup-test
 	pytest -q tests/unit
@@ -62,8 +70,10 @@ test-unit: setup-test
 test-integration: setup-test
 	pytest -q tests/integration
 
+# -rs lists every skip; tests/conftest.py turns a skip into a failure unless
+# it is on its allow-list (every tool a test needs is installed above).
 test: setup-test lint
-	pytest -q -p no:cacheprovider tests
+	pytest -q -rs --durations=25 -p no:cacheprovider tests
 	$(MAKE) molecule
 
 # Molecule + testinfra in their own venv (the full `ansible` bundle, for

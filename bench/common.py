@@ -84,6 +84,39 @@ def big_database() -> tuple[pgcluster.Cluster, str]:
     return cluster, socket_url(cluster, DB)
 
 
+JSON_DB = "benchjson"
+JSON_ROWS = int(os.environ.get("LIFEBOAT_BENCH_JSON_ROWS", "2500000"))  # ~1 GB of plain SQL
+
+
+def compressible_database() -> tuple[pgcluster.Cluster, str]:
+    """A second database in the benchmark cluster that compresses far better than
+    benchdb (about 18:1 against 7:1): repetitive JSON documents and template text,
+    like an application's event or audit log. Built once, like benchdb."""
+    cluster, _ = big_database()
+    marker = CACHE / f"ready-json-{JSON_ROWS}"
+    if not marker.exists():
+        started = time.monotonic()
+        print(f"building the compressible database ({JSON_ROWS} JSON rows)...", flush=True)
+        cluster.psql(f"DROP DATABASE IF EXISTS {JSON_DB}")
+        cluster.psql(f"CREATE DATABASE {JSON_DB}")
+        cluster.psql(
+            "CREATE TABLE docs AS SELECT g AS id, jsonb_build_object("
+            "'type', 'order', 'status', (ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + g % 4],"
+            "'customer', jsonb_build_object('id', g % 5000, 'name', 'Customer ' || (g % 5000),"
+            "'country', (ARRAY['DE', 'FR', 'US', 'GB'])[1 + g % 4]),"
+            "'items', jsonb_build_array(jsonb_build_object('sku', 'SKU-' || (g % 300),"
+            "'qty', 1 + g % 5, 'price', (g % 100) + 0.99))) AS doc,"
+            "'Lorem ipsum dolor sit amet, consectetur adipiscing elit. Order ' || (g % 1000)"
+            " || ' was processed by the warehouse team.' AS note "
+            f"FROM generate_series(1, {JSON_ROWS}) g; "
+            "ALTER TABLE docs ADD PRIMARY KEY (id); ANALYZE;",
+            db=JSON_DB,
+        )
+        print(f"built in {time.monotonic() - started:.0f}s", flush=True)
+        marker.touch()
+    return cluster, socket_url(cluster, JSON_DB)
+
+
 def socket_url(cluster: pgcluster.Cluster, db: str) -> str:
     return f"postgresql://postgres@/{db}?host={cluster.socket_dir}&port={cluster.port}"
 
@@ -92,23 +125,53 @@ def socket_url(cluster: pgcluster.Cluster, db: str) -> str:
 LIFEBOAT_CMD = os.environ.get("LIFEBOAT_BENCH_CMD", str(ROOT / ".venv/bin/lifeboat")).split()
 
 
+# Every benchmark runs its baselines as many times as lifeboat and keeps the best of each.
+ROUNDS = int(os.environ.get("LIFEBOAT_BENCH_ROUNDS", "2"))
+
+
+def timed_pg_bin(folder: Path, cpu_log: Path) -> Path:
+    """A pg bin directory whose pg_dump runs under /usr/bin/time, appending its CPU
+    seconds to `cpu_log`: lifeboat's own CPU is then the total minus pg_dump's."""
+    real = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_dump"))[-1].parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for tool in real.iterdir():
+        link = folder / tool.name
+        if not link.exists():
+            link.symlink_to(tool)
+    wrapper = folder / "pg_dump"
+    wrapper.unlink()
+    wrapper.write_text(
+        f'#!/bin/sh\nexec /usr/bin/time -a -f "%U %S" -o {cpu_log} {real}/pg_dump "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return folder
+
+
 def measured_backup(url: str, backup_dir: Path, extra_env: dict | None = None):
-    """One `lifeboat backup` run: (seconds, dump file, peak RSS MiB, CPU seconds)."""
+    """One `lifeboat backup` run: (seconds, dump file, peak RSS MiB, lifeboat's own CPU
+    seconds, pg_dump's CPU seconds). Wall time includes the pg_dump wrapper (a fork)."""
+    subprocess.run(["rm", "-rf", str(backup_dir)], check=True)
+    rss_file = Path(str(backup_dir) + ".rss")
+    cpu_log = Path(str(backup_dir) + ".pg_dump-cpu")
+    cpu_log.unlink(missing_ok=True)
+    bin_dir = timed_pg_bin(Path(str(backup_dir) + ".bin"), cpu_log)
     env = dict(
         os.environ,
         DATABASE_URL=url,
         LIFEBOAT_BACKUP_DIR=str(backup_dir),
         LIFEBOAT_CONFIG="/nonexistent",
+        LIFEBOAT_PG_BIN_DIR=str(bin_dir),
         **(extra_env or {}),
     )
-    subprocess.run(["rm", "-rf", str(backup_dir)], check=True)
-    rss_file = str(backup_dir) + ".rss"
     seconds = timed(
-        ["/usr/bin/time", "-f", "%M %U %S", "-o", rss_file, *LIFEBOAT_CMD, "backup", "-q"], env=env
+        ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *LIFEBOAT_CMD, "backup", "-q"],
+        env=env,
     )
     [dump] = [p for p in (backup_dir / "daily").iterdir() if p.name.endswith(".sql.gz")]
-    rss_kib, user, system = Path(rss_file).read_text().split()[-3:]
-    return seconds, dump, int(rss_kib) / 1024, float(user) + float(system)
+    rss_kib, user, system = rss_file.read_text().split()[-3:]
+    total = float(user) + float(system)  # lifeboat and every child it waited for
+    pg_dump_cpu = sum(float(v) for v in cpu_log.read_text().split())  # --version call too
+    return seconds, dump, int(rss_kib) / 1024, total - pg_dump_cpu, pg_dump_cpu
 
 
 def timed(argv_or_fn, *, shell: bool = False, env=None) -> float:

@@ -125,4 +125,51 @@ options:
       - Path on the host of the age identity (key) file that decrypts encrypted backups
         (for restores, verification and drills). Only the path is passed; keep the file 0600.
     type: path
+  manifest_key_file:
+    description:
+      - Path on the host of the manifest key file (one key per line, the last one signs).
+        New manifests carry an HMAC-SHA256 of their content; restores, verifications and
+        drills refuse a manifest whose MAC does not verify. The file must be 0600 and owned
+        by the backup user; only the path is passed.
+      - Empty means C(/etc/lifeboat/manifest.key) when it exists. See docs/security.md.
+    type: path
+  allow_unsigned:
+    description:
+      - Accept a backup whose manifest has no MAC although a manifest key is configured
+        (backups taken before the key existed). A MAC that does not verify is always refused.
+    type: bool
+    default: false
+"""
+
+    PITR = r"""
+options:
+  pitr_stanza:
+    description: pgBackRest stanza of the host's cluster (restore_time, docs/pitr.md).
+    type: str
+    default: main
+  pitr_config:
+    description: pgBackRest configuration file (written by the pitr role).
+    type: path
+    default: /etc/pgbackrest/pgbackrest.conf
+  pitr_os_user:
+    description:
+      - OS user that owns the cluster; pgBackRest and the temporary instance of a
+        point-in-time restore run as it (the module runs as root or as that user).
+    type: str
+    default: postgres
+  pitr_work_dir:
+    description:
+      - Where a point-in-time restore puts its temporary instance; removed afterwards,
+        and by the next run after a crash.
+    type: path
+    default: /var/lib/postgresql/lifeboat-pitr
+  pitr_archive_timeout:
+    description: archive_timeout of the server in seconds; a restore waits up to twice it
+      (plus 30 s) for the WAL past the target time to be archived.
+    type: int
+    default: 60
+  pitr_recovery_timeout:
+    description: Seconds to wait for the temporary instance to reach the target time.
+    type: int
+    default: 3600
 """

@@ -18,13 +18,16 @@ description:
   - Each database is backed up independently; one failing does not stop the others.
     The module fails when any failed, after all have run.
 version_added: "0.1.0"
-author: lifeboat contributors
+# No GitHub handles to name: the form ansible-test accepts for that.
+author: lifeboat contributors (!UNKNOWN)
 options:
   database_url:
     description:
-      - URL of the database, C(postgresql://user:password@host:5432/dbname).
-      - Special characters in the password must be percent-encoded.
-      - The password is handed to C(pg_dump) through a private passfile, never argv.
+      - The database, in any form libpq takes, C(postgresql://user:password@host:5432/dbname),
+        C(postgresql:///dbname) (local socket), C(host=/run/postgresql dbname=app), C(service=NAME),
+        or a database name (libpq's defaults and C(~/.pgpass) do the rest).
+      - Special characters in a URL's password must be percent-encoded.
+      - The password is handed to C(pg_dump) through a passfile in memory, never argv or disk.
     type: str
   databases:
     description:
@@ -69,8 +72,8 @@ options:
     default: gzip
   compression_level:
     description:
-      - gzip 1-9 (default 4), zstd 1-19 (default 3); custom and directory
-        formats take C(pg_dump)'s 0-9.
+      - gzip 1-9 (default chosen per backup from its first 4 MiB), zstd 1-19
+        (default 3); custom and directory formats take C(pg_dump)'s 0-9.
     type: int
   jobs:
     description: Parallel C(pg_dump) jobs for the directory format.
@@ -92,6 +95,13 @@ options:
       - The newest complete backup of a type is never deleted.
     type: dict
     default: {}
+  lock_timeout:
+    description:
+      - Seconds C(pg_dump) waits for each table lock another session holds
+        (C(--lock-wait-timeout)); then the backup fails naming that session (user,
+        application, client, since when, query) and what to do.
+    type: int
+    default: 60
   pg_bin_dir:
     description: Directory holding C(pg_dump); default is the newest installed major.
     type: path
@@ -105,6 +115,7 @@ attributes:
     description: Reports the file it would write and what retention would delete.
   diff_mode:
     support: none
+    description: Backups are new files; the result lists them instead of a diff.
 notes:
   - Needs C(pg_dump) and the python packages psycopg (3) and, for speed, zlib-ng on the host.
   - Retention runs only after a successful backup of that type, and deletes nothing when
@@ -198,6 +209,7 @@ def main() -> None:
         required_one_of=[("database_url", "databases")],
         supports_check_mode=True,
     )
+    ansible_args.mask_credentials_only(module)
     params = dict(module.params)
     try:
         settings = resolve(ansible_args.settings_params(params))
@@ -207,7 +219,17 @@ def main() -> None:
                 changed=True,
                 planned=planned,
                 results=[],
-                summary=[f"{p['database']}: would write {p['file']}" for p in planned],
+                summary=[
+                    line
+                    for p in planned
+                    for line in (
+                        f"{p['database']}: would write {p['file']}",
+                        *(
+                            f"{p['database']}: would delete {d} (retention)"
+                            for d in p["would_delete"]
+                        ),
+                    )
+                ],
             )
         results = backup.run(settings, params["backup_type"])
     except LifeboatError as exc:

@@ -21,11 +21,13 @@ description:
   - A failed or interrupted restore leaves the original database untouched; the next run
     cleans up what a crashed one left behind.
 version_added: "0.1.0"
-author: lifeboat contributors
+# No GitHub handles to name: the form ansible-test accepts for that.
+author: lifeboat contributors (!UNKNOWN)
 options:
   database_url:
     description:
-      - URL of the database to restore, C(postgresql://user:password@host:5432/dbname).
+      - The database to restore, in any form libpq takes (URL, C(host=... dbname=...),
+        C(service=NAME) or a database name), e.g. C(postgresql://user:password@host:5432/dbname).
       - The role needs CREATEDB and ownership of the database (what a managed PostgreSQL owner
         has), and C(pg_signal_backend) only to end other roles' sessions.
     type: str
@@ -50,6 +52,15 @@ options:
   restore_from_s3:
     description: C(s3://BUCKET/KEY) of a backup (needs lifeboat's S3 support).
     type: str
+  restore_time:
+    description:
+      - Bring the database back as it was at this time (C(YYYY-MM-DD HH:MM:SS+00), with its
+        UTC offset) from pgBackRest's base backups and archived WAL (the lifeboat_pitr role,
+        docs/pitr.md).
+      - The cluster is recovered to that time in a temporary instance on the host, then the
+        database goes through the same pre-restore backup, scratch database, verification and
+        swap; every other database keeps running. One database at a time.
+    type: str
   restore_type:
     description:
       - With O(restore_latest), only this type. Default is the newest daily, weekly or
@@ -57,8 +68,9 @@ options:
     type: str
     choices: [daily, weekly, monthly, pre-restore]
   target_database:
-    description: Restore into this database instead (created or replaced the same safe way);
-      the original is left alone and no pre-restore backup is taken.
+    description: Restore into this database instead, leaving the original alone. A new one is
+      created; an existing one is replaced the same safe way, after its own pre-restore backup.
+      C(postgres), C(template0), C(template1) and template databases are refused.
     type: str
   skip_pre_backup:
     description: Do not take the pre-restore backup (faster, not advised).
@@ -67,6 +79,14 @@ options:
   keep_replaced_database:
     description: Keep the replaced database as C(<db>__lifeboat_replaced_<time>) instead of
       dropping it.
+    type: bool
+    default: false
+  block_writes:
+    description:
+      - Refuse writes to the database from the pre-restore backup's snapshot until the swap
+        (new sessions default to read-only, current ones are ended once); reads go on.
+      - Without it, writes in that window are detected at the swap and the replaced database
+        is then kept (named in the C(replaced) key of RV(results), with a warning) instead of dropped.
     type: bool
     default: false
   confirm:
@@ -100,7 +120,9 @@ options:
     description: Codec level of the pre-restore backup.
     type: int
   jobs:
-    description: C(pg_restore --jobs) for custom and directory archives.
+    description:
+      - Connections the restore loads with; 1 loads a plain dump through one C(psql).
+      - C(pg_restore --jobs) for custom and directory archives.
     type: int
     default: 2
   threads:
@@ -116,6 +138,12 @@ options:
     description: Retention per type; C(pre-restore) is a count (default 5).
     type: dict
     default: {}
+  lock_timeout:
+    description:
+      - Seconds the pre-restore backup, O(block_writes) and the swap wait for a lock another
+        session holds; then the restore fails naming that session and changes nothing.
+    type: int
+    default: 60
   pg_bin_dir:
     description: Directory holding C(psql), C(pg_restore) and C(pg_dump).
     type: path
@@ -123,6 +151,7 @@ extends_documentation_fragment:
   - lifeboat.monitoring
   - lifeboat.s3
   - lifeboat.encryption
+  - lifeboat.pitr
 attributes:
   check_mode:
     support: full
@@ -130,6 +159,7 @@ attributes:
       pre-restore backup) without acting.
   diff_mode:
     support: none
+    description: No diff; check mode returns the plan, the result what was replaced.
 notes:
   - Connections to the database are blocked and ended only for the swap itself; the module
     reports that window in milliseconds.
@@ -143,6 +173,13 @@ EXAMPLES = r"""
     database_url: "{{ lifeboat_database_url }}"
     backup_dir: /var/backups/lifeboat
     restore_latest: true
+    confirm: true
+
+- name: Bring the app database back as it was just before a bad statement (pgBackRest)
+  lifeboat_restore:
+    database_url: "{{ lifeboat_database_url }}"
+    backup_dir: /var/backups/lifeboat
+    restore_time: "2026-11-30 10:41:59+00"
     confirm: true
 
 - name: Restore one file into a test database, leaving production alone
@@ -180,6 +217,11 @@ results:
       duration: 42.1
       tables: 12
       rows: 104233
+      block_writes: false
+      sessions_ended_at_block: 0
+      sessions_ended: 2
+      open_transactions: 1
+      writes_after_snapshot: []
       warnings: []
       error: ""
       hint: ""
@@ -221,16 +263,19 @@ def main() -> None:
         **ansible_args.MONITORING,
         **ansible_args.S3,
         **ansible_args.ENCRYPT,
+        **ansible_args.PITR,
     )
     spec["backup_dir"] = dict(spec["backup_dir"], required=True)
     spec.update(
         restore_latest={"type": "bool", "default": False},
         restore_file={"type": "path"},
         restore_from_s3={"type": "str"},
+        restore_time={"type": "str"},
         restore_type={"type": "str", "choices": ["daily", "weekly", "monthly", "pre-restore"]},
         target_database={"type": "str"},
         skip_pre_backup={"type": "bool", "default": False},
         keep_replaced_database={"type": "bool", "default": False},
+        block_writes={"type": "bool", "default": False},
         restore_globals={"type": "bool", "default": False},
         confirm={"type": "bool", "default": False},
         dry_run={"type": "bool", "default": False},
@@ -240,17 +285,20 @@ def main() -> None:
         required_one_of=[("database_url", "databases")],
         supports_check_mode=True,
     )
+    ansible_args.mask_credentials_only(module)
     params = dict(module.params)
     request = restore.Request(
         latest=params["restore_latest"],
         file=params["restore_file"],
         from_s3=params["restore_from_s3"],
+        time=params["restore_time"],
         backup_type=params["restore_type"],
         target_db=params["target_database"],
         skip_pre_backup=params["skip_pre_backup"],
         keep_replaced=params["keep_replaced_database"],
         confirm=params["confirm"],
         with_globals=params["restore_globals"],
+        block_writes=params["block_writes"],
     )
     try:
         settings = resolve(ansible_args.settings_params(params))

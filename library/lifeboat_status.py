@@ -15,12 +15,14 @@ description:
     backup type it returns the newest complete backup, its age, size and where it is, the last
     failure when it is newer than the last success, and a state.
   - C(OK) newest backup within the type's age limit; C(STALE) older than the limit;
-    C(FAILED) the last attempt failed; C(MISSING) no complete backup of that type.
+    C(FAILED) the last attempt failed; C(MISSING) no complete backup of that type;
+    C(FUTURE) a backup is dated in the future (clock skew); age is the newest sane one's.
   - The module never fails because a backup is not OK, it reports. The status playbook
     gathers every host's report into one table and fails once, at the end.
   - With O(fleet), it reads nothing and renders the given per-host reports as one table.
 version_added: "0.1.0"
-author: lifeboat contributors
+# No GitHub handles to name: the form ansible-test accepts for that.
+author: lifeboat contributors (!UNKNOWN)
 options:
   backup_dir:
     description: Root of the local store. Required unless O(fleet) is given.
@@ -55,6 +57,34 @@ options:
   s3_region:
     description: S3 region.
     type: str
+  pitr:
+    description:
+      - Add a row for point-in-time recovery (pgBackRest, docs/pitr.md) - newest archived WAL
+        and its age, newest base backup, recoverable window - that is C(FAILED) when archiving
+        fails or goes stale.
+    type: bool
+    default: false
+  pitr_stanza:
+    description: pgBackRest stanza.
+    type: str
+    default: main
+  pitr_config:
+    description: pgBackRest configuration file.
+    type: path
+    default: /etc/pgbackrest/pgbackrest.conf
+  pitr_pg_port:
+    description: Port of the cluster, when no database is configured.
+    type: int
+    default: 5432
+  pitr_pg_socket_dir:
+    description: Socket directory of the cluster, when no database is configured.
+    type: path
+    default: /var/run/postgresql
+  pitr_max_wal_age_minutes:
+    description: Minutes without an archived WAL segment (while the server writes) that make
+      the row C(FAILED).
+    type: float
+    default: 10
   fleet:
     description:
       - Per-host results to merge and render, as a mapping of host name to this module's
@@ -67,6 +97,7 @@ attributes:
     description: The module only reads; check mode runs it unchanged.
   diff_mode:
     support: none
+    description: Read-only; nothing to show a diff of.
 notes:
   - Credentials in O(database_url) are not used and never returned.
   - S3 credentials come from the usual AWS chain on the host.
@@ -136,7 +167,7 @@ errors:
   elements: str
   sample: []
 text:
-  description: O(table) as one string, for printing.
+  description: RV(table) as one string, for printing.
   returned: always
   type: str
   sample: "DATABASE  TYPE   STATE ...\\n1 checked: 1 OK; all OK"
@@ -167,28 +198,31 @@ hosts:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.lifeboat import ansible_args, status
+from ansible.module_utils.lifeboat import ansible_args, schema, status
 from ansible.module_utils.lifeboat.errors import LifeboatError
 
-S3 = {
-    "s3_bucket": {"type": "str"},
-    "s3_prefix": {"type": "str", "default": "backups"},
-    "s3_endpoint_url": {"type": "str"},
-    "s3_region": {"type": "str"},
-}
+# Where to look for the off-site copies (generated from the settings' schema).
+S3 = schema.argument_spec("s3_bucket", "s3_prefix", "s3_endpoint_url", "s3_region")
+# By name: "pitr" is also the group of every pitr_* setting.
+PITR = {
+    name: schema.module_option(schema.BY_NAME[name])
+    for name in ("pitr", "pitr_stanza", "pitr_config", "pitr_pg_port", "pitr_pg_socket_dir",
+                 "pitr_max_wal_age_minutes")
+}  # fmt: skip
 
 
 def main() -> None:
     spec = {
         key: ansible_args.CONNECTION[key] for key in ("database_url", "databases", "backup_dir")
     }
-    spec.update(ansible_args.STATUS, **S3)
+    spec.update(ansible_args.STATUS, **S3, **PITR)
     spec["fleet"] = {"type": "dict"}
     module = AnsibleModule(
         argument_spec=spec,
         required_one_of=[("backup_dir", "fleet")],
         supports_check_mode=True,
     )
+    ansible_args.mask_credentials_only(module)
     params = dict(module.params)
     try:
         if params["fleet"] is not None:

@@ -48,6 +48,31 @@ class AppDB:
         return self.cluster.url(OWNER, OWNER_PASSWORD, dbname)
 
 
+# Skips that may legitimately happen off CI (reason prefixes). Everything a test
+# needs is installed by `make test` (Makefile TEST_SYSTEM_DEPS), so any other
+# skip is a test that silently did not run: it fails instead. With CI=true
+# nothing is allowed.
+ALLOWED_SKIPS = ("mounting a tmpfs needs root",)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    if not ci and reason.startswith(ALLOWED_SKIPS):
+        return
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped but must run: {reason} (install what it needs with `make setup-test`; "
+        "allow-list a legitimate skip in tests/conftest.py ALLOWED_SKIPS)"
+    )
+
+
 @pytest.fixture(scope="session")
 def pg_tmp():
     root = Path(tempfile.mkdtemp(prefix="lifeboat-test-"))
@@ -68,21 +93,41 @@ def pg(pg_tmp):
     cluster.stop("immediate")
 
 
+def _template(cluster: pgcluster.Cluster, kind: str, seed) -> str:
+    """A seeded template database, made once per cluster (one test session).
+
+    Copying it (CREATE DATABASE ... TEMPLATE) is a file copy on the server: much
+    cheaper than replaying the seed SQL for every test. It takes no connections,
+    so nothing can change it after seeding."""
+    name = f"lifeboat_test_template_{kind}"
+    made = cluster.__dict__.setdefault("_lifeboat_templates", set())
+    if name not in made:
+        seed(name)
+        cluster.psql(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false')
+        made.add(name)
+    return name
+
+
+def _seed_demo(cluster: pgcluster.Cluster, name: str) -> None:
+    cluster.psql(f'CREATE DATABASE "{name}" OWNER {OWNER}')
+    seed_file = Path(cluster.datadir).parent / "demo_schema.sql"
+    seed_file.write_text(pgcluster.DEMO_SCHEMA)
+    seed_file.chmod(0o644)
+    url = cluster.url(OWNER, OWNER_PASSWORD, name)
+    subprocess.run(  # as the owner, like an application's migrations
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(seed_file)],
+        check=True,
+        capture_output=True,
+    )
+
+
 def make_db(cluster: pgcluster.Cluster, name: str | None = None, seed: bool = True) -> AppDB:
     name = name or f"app{next(_counter)}"
-    cluster.psql(f'CREATE DATABASE "{name}" OWNER {OWNER}')
-    db = AppDB(name, cluster.url(OWNER, OWNER_PASSWORD, name), cluster)
+    template = ""
     if seed:
-        seed_file = Path(cluster.datadir).parent / "demo_schema.sql"
-        if not seed_file.exists():
-            seed_file.write_text(pgcluster.DEMO_SCHEMA)
-            seed_file.chmod(0o644)
-        subprocess.run(
-            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db.url, "-f", str(seed_file)],
-            check=True,
-            capture_output=True,
-        )
-    return db
+        template = " TEMPLATE " + _template(cluster, "demo", lambda t: _seed_demo(cluster, t))
+    cluster.psql(f'CREATE DATABASE "{name}" OWNER {OWNER}{template}')
+    return AppDB(name, cluster.url(OWNER, OWNER_PASSWORD, name), cluster)
 
 
 @pytest.fixture
@@ -97,9 +142,18 @@ def make_realistic_db(cluster: pgcluster.Cluster, name: str | None = None) -> Ap
     connection limit, ALTER DATABASE / per-role settings, CONNECT revoked from
     PUBLIC and granted to one role, and a comment."""
     name = name or f"real{next(_counter)}"
+
+    def seed(template: str) -> None:
+        cluster.psql(
+            f'CREATE DATABASE "{template}" OWNER {OWNER} TEMPLATE template0 ENCODING UTF8 '
+            "LOCALE 'C.UTF-8' LOCALE_PROVIDER icu ICU_LOCALE 'de-DE'"
+        )
+        cluster.psql_file(str(REALISTIC_SQL), template)
+
+    # The copy inherits encoding and locale; the rest is per database, set below.
+    template = _template(cluster, "realistic", seed)
     cluster.psql(
-        f'CREATE DATABASE "{name}" OWNER {OWNER} TEMPLATE template0 ENCODING UTF8 '
-        "LOCALE 'C.UTF-8' LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' CONNECTION LIMIT 40"
+        f'CREATE DATABASE "{name}" OWNER {OWNER} TEMPLATE "{template}" CONNECTION LIMIT 40'
     )
     for statement in (
         f'ALTER DATABASE "{name}" SET search_path TO "$user", sales, public',
@@ -110,7 +164,6 @@ def make_realistic_db(cluster: pgcluster.Cluster, name: str | None = None) -> Ap
         f"COMMENT ON DATABASE \"{name}\" IS 'orders and payments (realistic fixture)'",
     ):
         cluster.psql(statement)
-    cluster.psql_file(str(REALISTIC_SQL), name)
     return AppDB(name, cluster.url(OWNER, OWNER_PASSWORD, name), cluster)
 
 
@@ -149,6 +202,19 @@ def run_cli(args: list[str], env: dict, check: bool = False, **kw) -> subprocess
     if check and proc.returncode != 0:
         raise AssertionError(f"lifeboat {args} failed: {proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def shared_backup(cluster: pgcluster.Cluster, folder: Path) -> tuple[AppDB, Path]:
+    """A new demo database and a store holding one daily backup of it (for module-scoped
+    fixtures of read-only tests: copy the store per test with shutil.copytree)."""
+    db = make_db(cluster)
+    store = folder / "backups"
+    env = dict(os.environ, LIFEBOAT_BACKUP_DIR=str(store), LIFEBOAT_CONFIG="/nonexistent")
+    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"
+    run_cli(["backup"], dict(env, DATABASE_URL=db.url), check=True)
+    # The run state belongs to each test's own store, not the template.
+    shutil.rmtree(store / ".state", ignore_errors=True)
+    return db, store
 
 
 def fingerprint(db: AppDB, superuser: bool = False) -> dict[str, str]:

@@ -11,8 +11,10 @@ cd "$ROOT"
 MVENV=${LIFEBOAT_MOLECULE_VENV:-$ROOT/.venv-molecule}
 export CONTAINERS_CONF=$ROOT/molecule/containers.conf
 
+# systemd: the verify step checks the rendered timers with systemd-analyze on
+# this host (the containers run no systemd).
 tools/system-deps.sh podman:podman runc:runc debootstrap:debootstrap \
-    'postgresql-15:/usr/lib/postgresql/*/bin/initdb'
+    'postgresql-15:/usr/lib/postgresql/*/bin/initdb' systemd:systemd-analyze
 tools/molecule-image.sh
 [[ -x $MVENV/bin/molecule ]] || { echo "No molecule in $MVENV: run make molecule-setup" >&2; exit 1; }
 
@@ -57,7 +59,7 @@ done < <("$ROOT/.venv/bin/python" tools/molecule_pg.py start "$pgroot")
 mkdir -p .cache/molecule-pip "$snapshot/module_utils" "$snapshot/requirements"
 cp -r module_utils/lifeboat "$snapshot/module_utils/"
 cp pyproject.toml README.md "$snapshot/"
-cp requirements/runtime.txt "$snapshot/requirements/"
+cp requirements/host.txt "$snapshot/requirements/"
 export LIFEBOAT_MOLECULE_SOURCE=$snapshot
 # pip in the containers trusts what pip here trusts (TLS-inspecting proxies).
 ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}

@@ -1,10 +1,12 @@
 """The PostgreSQL server the Molecule hosts back up (containers share the host network).
 
-  molecule_pg.py start ROOT  -> prints DB_URL=..., DB2_URL=..., SERVER_MAJOR=... lines
+  molecule_pg.py start ROOT  -> prints DB_URL=..., DB2_URL=..., DB3_URL=..., SERVER_MAJOR=... lines
   molecule_pg.py stop ROOT   -> stops the cluster and removes ROOT
 
-Two databases (plotzed and reports, the demo schema) owned by a role whose
-password needs URL-encoding, reached over 127.0.0.1 with scram-sha-256.
+Three databases (plotzed, reports and ledger, the demo schema) owned by a role
+whose password needs URL-encoding, reached over 127.0.0.1 with scram-sha-256.
+lifeboat-db1 backs up the first two, lifeboat-db2 the third, so the hosts'
+restores never replace the same database at once.
 """
 
 from __future__ import annotations
@@ -27,18 +29,19 @@ def start(root: Path) -> int:
     cluster.init()
     cluster.start()
     urls = [cluster.create_owner(OWNER, PASSWORD, "plotzed")]
-    cluster.psql(f'CREATE DATABASE reports OWNER "{OWNER}"')
-    urls.append(cluster.url(OWNER, PASSWORD, "reports"))
+    for extra in ("reports", "ledger"):
+        cluster.psql(f'CREATE DATABASE {extra} OWNER "{OWNER}"')
+        urls.append(cluster.url(OWNER, PASSWORD, extra))
     schema = root / "schema.sql"
     schema.write_text(pgcluster.DEMO_SCHEMA)
     schema.chmod(0o644)
-    for db in ("plotzed", "reports"):
+    for db in ("plotzed", "reports", "ledger"):
         cluster.psql_file(str(schema), db)
         cluster.psql(
             f'ALTER TABLE users OWNER TO "{OWNER}"; ALTER TABLE plots OWNER TO "{OWNER}"', db=db
         )
     major = int(cluster.psql("SHOW server_version_num")) // 10000
-    print(f"DB_URL={urls[0]}\nDB2_URL={urls[1]}\nSERVER_MAJOR={major}")
+    print(f"DB_URL={urls[0]}\nDB2_URL={urls[1]}\nDB3_URL={urls[2]}\nSERVER_MAJOR={major}")
     return 0
 
 

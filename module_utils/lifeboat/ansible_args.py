@@ -6,85 +6,82 @@ its parameters to `settings.resolve` unchanged.
 
 from __future__ import annotations
 
-from . import compress, eventlog, naming, notify, settings
+from . import naming, schema
 
-CONNECTION = {
-    "database_url": {"type": "str", "no_log": True},
-    "databases": {"type": "list", "elements": "raw", "no_log": True, "default": []},
-    "backup_dir": {"type": "path"},
-    "pg_bin_dir": {"type": "path"},
-}
-
-DUMP = {
-    "format": {"type": "str", "choices": list(settings.FORMATS), "default": "plain"},
-    "compression": {"type": "str", "choices": list(compress.COMPRESSIONS), "default": "gzip"},
-    "compression_level": {"type": "int"},
-    "jobs": {"type": "int", "default": 2},
-    "threads": {"type": "int", "default": 2},
-    "pg_dump_args": {"type": "list", "elements": "str", "default": []},
-    "retention": {"type": "dict", "default": {}},
-}
-
+# Generated from the settings' one declaration (schema.py) when a module is imported.
+CONNECTION = schema.argument_spec("connection")
+DUMP = schema.argument_spec("dump")
 # Notifications, backup log and metrics (notify.py, eventlog.py, metrics.py).
-MONITORING = {
-    "notify_email": {"type": "list", "elements": "str", "default": []},
-    "notify_on": {
-        "type": "list",
-        "elements": "str",
-        "choices": list(notify.OUTCOMES),
-        "default": list(notify.OUTCOMES),
-    },
-    "smtp_host": {"type": "str", "default": "localhost"},
-    "smtp_port": {"type": "int"},
-    "smtp_security": {"type": "str", "choices": list(notify.SECURITY), "default": "none"},
-    "smtp_user": {"type": "str"},
-    "smtp_password": {"type": "str", "no_log": True},
-    "smtp_sender": {"type": "str"},
-    "slack_webhook_url": {"type": "str", "no_log": True},
-    "webhook_url": {"type": "str", "no_log": True},
-    "notify_timeout": {"type": "float", "default": 10},
-    "log_file": {"type": "path"},
-    "log_format": {"type": "str", "choices": list(eventlog.FORMATS), "default": "text"},
-    "metrics_dir": {"type": "path"},
-}
-
+MONITORING = schema.argument_spec("monitoring")
 # Off-site copies (s3.py). No credential options on purpose: the AWS chain provides them.
-S3 = {
-    "s3_bucket": {"type": "str"},
-    "s3_prefix": {"type": "str", "default": "backups"},
-    "s3_endpoint_url": {"type": "str"},
-    "s3_region": {"type": "str"},
-    "s3_sse": {"type": "str", "choices": ["AES256", "aws:kms"]},
-    "s3_sse_kms_key_id": {"type": "str"},
-    "s3_part_size_mb": {"type": "int", "default": 8},
-    "s3_max_attempts": {"type": "int", "default": 5},
-}
-
+S3 = schema.argument_spec("s3")
 # Client-side encryption with age (encrypt.py). Recipients are public keys; the
 # identity is passed as a path only, so the key itself never goes through Ansible.
-ENCRYPT = {
-    "encrypt_recipients": {"type": "list", "elements": "str", "default": []},
-    "encrypt_identity_file": {"type": "path"},
-}
-
-STATUS = {"status_max_age_hours": {"type": "dict", "default": {}}}
-
+ENCRYPT = schema.argument_spec("encrypt")
+STATUS = schema.argument_spec("status")
 # Restore drills (drill.py) and cluster globals (cluster_globals.py).
-VERIFY = {
-    "verify_queries": {"type": "raw", "default": []},
-    "drill_server": {"type": "str", "no_log": True},
-}
-GLOBALS = {
-    "globals": {"type": "bool", "default": False},
-    "globals_passwords": {"type": "bool", "default": False},
-}
+VERIFY = schema.argument_spec("verify")
+GLOBALS = schema.argument_spec("globals")
+# What a point-in-time restore needs beyond pgbackrest.conf (pitr/).
+PITR = schema.argument_spec(
+    "pitr_stanza",
+    "pitr_config",
+    "pitr_os_user",
+    "pitr_work_dir",
+    "pitr_archive_timeout",
+    "pitr_recovery_timeout",
+)
 
 BACKUP_TYPE = {"type": "str", "choices": list(naming.SCHEDULED_TYPES), "default": "daily"}
 
 
+# Keys of a `databases` item whose values are credentials. The other values
+# (`name`, ...) label files and output and are not secret.
+SECRET_ITEM_KEYS = frozenset({"url", "password"})
+
+
+def _password(conninfo: str) -> str | None:
+    """The password inside a connection string, read with libpq's own parser."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return conninfo_to_dict(conninfo).get("password") or None
+    except Exception:  # no psycopg, or a string libpq refuses: the whole string stays hidden
+        return None
+
+
+def mask_credentials_only(module) -> None:
+    """Hide credentials in module output, and nothing else.
+
+    `databases` is `no_log` in the argument spec because its items are either
+    connection strings or dicts, and Ansible can only mark suboptions of dict
+    elements; so when the invocation is logged the whole list is hidden. Call
+    this right after `AnsibleModule(...)`: every item's labels (e.g. `name`) are
+    revealed again in results and `invocation`, while connection strings and
+    their passwords (also on their own, percent-decoded) stay masked.
+    """
+    params = module.params
+    items = list(params.get("databases") or [])
+    secrets, labels = set(), set()
+    for item in [params.get("database_url"), params.get("drill_server"), *items]:
+        fields = item if isinstance(item, dict) else {"url": item}
+        for key, value in fields.items():
+            if value is None or isinstance(value, (bool, dict, list)):
+                continue
+            if key in SECRET_ITEM_KEYS:
+                secrets.add(str(value))
+                if key == "url":
+                    secrets.add(_password(str(value)) or "")
+            else:
+                labels.add(str(value))
+    secrets.discard("")
+    module.no_log_values.difference_update(labels - secrets)
+    module.no_log_values.update(secrets)
+
+
 def settings_params(params: dict) -> dict:
     """The module parameters that are settings (drops the module's own options)."""
-    return {key: value for key, value in params.items() if key in settings.DEFAULTS}
+    return {key: value for key, value in params.items() if key in schema.BY_NAME}
 
 
 def exit_with(module, results: list, noun: str, changed: bool, summary: list | None = None):

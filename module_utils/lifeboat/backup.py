@@ -16,10 +16,12 @@ from datetime import datetime, timezone
 from . import (
     cluster_globals,
     compress,
+    dbprops,
     dump,
     encrypt,
     eventlog,
     lock,
+    manifest_key,
     monitor,
     naming,
     notify,
@@ -29,7 +31,7 @@ from . import (
 )
 from . import manifest as manifests
 from . import store as store_module
-from .errors import LifeboatError, UploadFailed, VersionMismatch
+from .errors import BackupInUse, LifeboatError, UploadFailed, VersionMismatch
 from .s3 import S3Store, Tee
 from .settings import Settings, Target
 from .store import Entry, LocalStore
@@ -91,8 +93,8 @@ def s3_store_for(settings: Settings) -> S3Store | None:
 
 def dump_options(settings: Settings) -> dump.DumpOptions:
     level = settings.compression_level
-    if settings.format == "plain":
-        level = compress.check(settings.compression, level)
+    if settings.format == "plain" and not (settings.compression == "gzip" and level is None):
+        level = compress.check(settings.compression, level)  # gzip unset: chosen while dumping
     return dump.DumpOptions(
         fmt=settings.format,
         compression=settings.compression,
@@ -102,6 +104,7 @@ def dump_options(settings: Settings) -> dump.DumpOptions:
         pg_bin_dir=settings.pg_bin_dir,
         extra_args=settings.pg_dump_args,
         recipients=settings.encrypt_recipients,
+        lock_timeout=settings.lock_timeout,
     )
 
 
@@ -155,21 +158,36 @@ def backup_one(
     now: datetime | None = None,
     progress=None,
     locked: bool = False,
+    before_dump=None,
 ) -> None:
     """Dump one database into the store; fills `result`; raises LifeboatError.
 
     `locked`: the caller (a restore) already holds this database's lock.
+    `before_dump`: called right before pg_dump starts (a restore marks its
+    write watch there, so the mark is as close to the dump's snapshot as can be).
     """
     store = store_for(settings)
     opts = dump_options(settings)
     pg_dump = pg.find_tool("pg_dump", settings.pg_bin_dir)
+    trust = manifest_key.trust_for(settings)  # a bad key file fails before pg_dump runs
     store.prepare(backup_type)
-    with contextlib.nullcontext() if locked else lock.hold(store.lock_dir(), target.label):
+    # Locked by the database's identity, not its label: a restore of the same
+    # database under another name (a bare URL) waits for this backup, and vice versa.
+    held = contextlib.nullcontext() if locked else lock.hold_database(store.lock_dir(), target.conn)
+    with held:
         for leftover in store.remove_partials(target.label):
             log.warning("removed leftover of an interrupted run: %s", leftover)
+        if not locked:  # a swap a killed restore left half done: repaired first
+            from .restore.journal import heal
+
+            for line in heal(target.conn, store.lock_dir(), held=True):
+                log.warning("repaired: %s", line)
+                result.warnings.append(f"repaired: {line}")
         with pg.connect(target.conn) as db:
             server_version = pg.server_version(db)
             estimates = pg.table_estimates(db)
+            # Owner, locale, grants, settings, comment: what a lost database needs back.
+            props = dbprops.read(db, target.conn.dbname)
         client_version = pg.tool_version(pg_dump)
         if pg.major(client_version) < pg.major(server_version):
             raise VersionMismatch(
@@ -202,6 +220,8 @@ def backup_one(
                 for stale in offsite.abort_stale(target.label, keep=remote.upload_id):
                     log.warning("aborted an unfinished S3 upload: %s", stale)
         try:
+            if before_dump is not None:
+                before_dump()
             if opts.fmt == "directory":
                 produced = dump.directory_dump(target.conn, opts, upload.directory())
             else:
@@ -215,11 +235,11 @@ def backup_one(
                 file=bname.name,
                 database=target.conn.dbname,
                 label=target.label,
-                url=target.conn.url(),
+                url=target.conn.conninfo(),
                 backup_type=backup_type,
                 fmt=opts.fmt,
                 compression=opts.compression,
-                level=opts.level,
+                level=produced.level if produced.level is not None else opts.level,
                 dump=produced,
                 server_version=server_version,
                 started=started,
@@ -227,15 +247,19 @@ def backup_one(
                 tables=produced.rows if rows_exact else estimates,
                 rows_exact=rows_exact,
                 encryption=encryption,
+                database_properties=props.as_dict() if props else None,
             )
             if opts.fmt != "plain":
-                # Archives are checked by pg_restore before they count.
-                verify.verify_file(upload.partial, manifest, settings.pg_bin_dir)
+                # Archives are read whole by pg_restore before they count; the rows of
+                # every table's data come from that read, exact, as for plain dumps.
+                report = verify.verify_file(upload.partial, manifest, settings.pg_bin_dir)
+                if report.rows is not None:
+                    manifests.set_rows(manifest, report.rows)
             if settings.globals:  # roles and tablespaces beside the dump (cluster_globals.py)
                 manifest["globals"] = cluster_globals.for_backup(
                     settings, target, store.abspath(bname.path), result.warnings
                 )
-            upload.commit(manifest)
+            upload.commit(trust.seal(manifest))
         except BaseException:
             upload.abort()
             cluster_globals.discard(store.abspath(bname.path))
@@ -254,7 +278,7 @@ def finish_offsite(offsite, remote, manifest, settings, backup_type, target, res
     """Publish the S3 copy (manifest last), then apply retention there; raises UploadFailed."""
     remote_manifest = dict(manifest, s3={"url": remote.location, **(offsite.encryption() or {})})
     try:
-        remote.commit(remote_manifest)
+        remote.commit(manifest_key.trust_for(settings).seal(remote_manifest))
     except UploadFailed as exc:
         result.s3_error = str(exc)
         raise
@@ -278,7 +302,9 @@ def prune_after_backup(store, settings, backup_type, label, now, result) -> None
 
 def candidates(entries: list[Entry]) -> list[retention.Candidate]:
     return [
-        retention.Candidate(e.key, e.name.label, e.name.type, e.name.created, e.complete)
+        retention.Candidate(
+            e.key, e.name.label, e.name.type, e.name.created, e.complete, e.name.seq
+        )
         for e in entries
     ]
 
@@ -299,7 +325,11 @@ def prune(
     for entry in scoped:
         if entry.key in doomed:
             if not dry_run:
-                store.delete(entry)
+                try:
+                    store.delete(entry)
+                except BackupInUse as exc:  # a restore or drill is reading it: next time
+                    log.warning("%s", exc)
+                    continue
                 log.info("retention deleted %s", entry.location)
             deleted.append(entry.location)
     return deleted
@@ -308,6 +338,7 @@ def prune(
 def plan(settings: Settings, backup_type: str = "daily", now: datetime | None = None) -> list[dict]:
     """What `run` would do, touching nothing: the file per database and what retention drops."""
     naming.check_type(backup_type)
+    manifest_key.trust_for(settings)  # a key file the run would refuse fails the plan too
     store = store_for(settings)
     now = now or utcnow()
     entries = store.list()

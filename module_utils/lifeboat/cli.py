@@ -10,32 +10,67 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
 import signal
 import sys
 import time
 
-from . import __version__, backup, drill, monitor, naming, restore, status, units, verify
+from . import (
+    __version__,
+    backup,
+    drill,
+    manifest_key,
+    monitor,
+    naming,
+    restore,
+    status,
+    units,
+    verify,
+)
 from .errors import ConfigError, LifeboatError
 from .settings import from_environment, load_file, resolve
 
 log = logging.getLogger("lifeboat")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """Global options, accepted before the subcommand and after it.
+
+    Subcommands default to SUPPRESS, so `lifeboat -q list` is not undone by
+    the subcommand's own default (argparse copies a subparser's values over).
+    """
+
+    def default(value):
+        return value if top else argparse.SUPPRESS
+
     parser.add_argument(
         "--config",
         metavar="FILE",
+        default=default(None),
         help="settings file (default /etc/lifeboat/lifeboat.yml if present)",
     )
     parser.add_argument(
         "--backup-dir",
         metavar="DIR",
+        default=default(None),
         help="store root (default $LIFEBOAT_BACKUP_DIR, else ./backups)",
     )
     parser.add_argument(
-        "--database", metavar="NAME", help="only this configured database (default: all)"
+        "--database",
+        metavar="NAME",
+        default=default(None),
+        help="only this configured database (default: all)",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="errors only"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="machine-readable output on stdout (errors too, as {ok: false, error, hint})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lifeboat", description="PostgreSQL backups and restores you can trust."
     )
     parser.add_argument("--version", action="version", version=f"lifeboat {__version__}")
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("backup", help="back up every configured database")
@@ -57,7 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list backups in the store")
     _common(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
         "verify", help="check a backup's integrity; --deep restores it into a scratch database"
@@ -77,7 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="restore drill: scratch restore, manifest and user checks, RTO, then drop it",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept a manifest without MAC although a manifest key is configured",
+    )
+
+    p = sub.add_parser("drill", help="restore drill of a backup (same as verify --deep)")
+    _common(p)
+    p.add_argument("path", nargs="?", help="backup file (or directory archive), or s3://BUCKET/KEY")
+    p.add_argument(
+        "--latest", action="store_true", help="the newest complete backup of each database"
+    )
+    p.add_argument(
+        "--type",
+        choices=naming.BACKUP_TYPES,
+        help="with --latest: only this type (default: newest daily/weekly/monthly)",
+    )
+    p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept a manifest without MAC although a manifest key is configured",
+    )
+    p.set_defaults(deep=True)
 
     p = sub.add_parser("prune", help="apply retention now")
     _common(p)
@@ -89,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--latest", action="store_true", help="the newest complete backup")
     source.add_argument("--file", metavar="PATH", help="a backup file or stock pg_dump output")
     source.add_argument("--from-s3", metavar="URL", help="s3://BUCKET/KEY")
+    source.add_argument(
+        "--time",
+        metavar="TIME",
+        help="the database as it was then ('YYYY-MM-DD HH:MM:SS+00'; pgBackRest, docs/pitr.md)",
+    )
     p.add_argument(
         "--type",
         choices=naming.BACKUP_TYPES,
@@ -103,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-db", metavar="NAME", help="restore into this database, leave the original"
     )
     p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept a manifest without MAC although a manifest key is configured",
+    )
+    p.add_argument(
         "--keep-replaced",
         action="store_true",
         help="keep the replaced database as <db>__lifeboat_replaced_<time>",
@@ -112,14 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first apply the backup's cluster globals (roles), e.g. on an empty server",
     )
+    p.add_argument(
+        "--block-writes",
+        action="store_true",
+        help="refuse writes from the pre-restore snapshot to the swap (new sessions read-only)",
+    )
     p = sub.add_parser("status", help="newest backup per database and type, its age and state")
     _common(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("pitr", help="point-in-time recovery (pgBackRest): `pitr status`")
+    _common(p)
+    p.add_argument(
+        "action",
+        choices=("status", "drill"),
+        help="status: base backups, WAL, window; drill: restore to --minutes ago into a "
+        "drill database, measure, drop it",
+    )
+    p.add_argument(
+        "--minutes", type=float, default=5, help="drill: how far back (default 5 minutes)"
+    )
     return parser
 
 
 def load_settings(args, need_database: bool = True):
     explicit = {"backup_dir": args.backup_dir}
+    if getattr(args, "allow_unsigned", False):
+        explicit["allow_unsigned"] = True
     layers = [load_file(args.config), from_environment(), explicit]
     if not need_database:
         # Listing and pruning need no credentials: a placeholder keeps validation simple.
@@ -131,8 +215,20 @@ def load_settings(args, need_database: bool = True):
     return settings
 
 
+class ProgressAwareHandler(logging.StreamHandler):
+    """A log line never lands on the terminal's progress line: that is cleared first."""
+
+    progress = None  # the TerminalProgress drawing on this terminal, if any
+
+    def emit(self, record) -> None:
+        if self.progress is not None:
+            self.progress.clear()
+        super().emit(record)
+
+
 def setup_logging(quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    logging.raiseExceptions = False  # a closed stderr must not print logging tracebacks
+    handler = ProgressAwareHandler(sys.stderr)
     if sys.stderr.isatty():
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
@@ -149,10 +245,14 @@ def setup_logging(quiet: bool) -> None:
 class TerminalProgress:
     """`\\r`-updated line: bytes dumped, rate, elapsed. Only on a terminal."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
         self.started = time.monotonic()
-        self.active = stream.isatty()
+        self.active = self.stream.isatty()
+        self.visible = False  # a progress line is on screen, not ended by a newline
+        for handler in log.handlers:
+            if isinstance(handler, ProgressAwareHandler):
+                handler.progress = self
 
     def __call__(self, bytes_in: int, bytes_out: int) -> None:
         if not self.active:
@@ -164,10 +264,22 @@ class TerminalProgress:
             f"{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}   "
         )
         self.stream.flush()
+        self.visible = True
+
+    def clear(self) -> None:
+        """Erase the progress line (it is redrawn on the next update)."""
+        if self.visible:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.visible = False
 
     def done(self) -> None:
-        if self.active:
-            self.stream.write("\n")
+        if self.visible:
+            self.stream.write("\n")  # keep the last figures on screen
+            self.visible = False
+        for handler in log.handlers:
+            if getattr(handler, "progress", None) is self:
+                handler.progress = None
 
 
 def cmd_backup(args) -> int:
@@ -178,7 +290,10 @@ def cmd_backup(args) -> int:
         monitor.config_failure(lambda: config_layers(args), exc, "backup", args.type)
         raise
     if args.dry_run:
-        for item in backup.plan(settings, args.type):
+        planned = backup.plan(settings, args.type)
+        if args.json:
+            return emit_json(planned, 0)
+        for item in planned:
             print(f"would write {item['file']}")
             for path in item["would_delete"]:
                 print(f"would delete {path} (retention)")
@@ -189,11 +304,14 @@ def cmd_backup(args) -> int:
         one = type(settings)(**{**settings.__dict__, "targets": (target,)})
         results += backup.run(one, args.type, progress=progress)
         progress.done()
+    code = 0 if all(r.ok for r in results) else 1
+    if args.json:
+        return emit_json([r.as_dict() for r in results], code)
     for result in results:
         print(result.summary())
         for warning in result.warnings:  # e.g. a notification that could not be sent
             print(f"  warning: {warning}")
-    return 0 if all(r.ok for r in results) else 1
+    return code
 
 
 def cmd_list(args) -> int:
@@ -203,12 +321,13 @@ def cmd_list(args) -> int:
     rows = []
     for entry in entries:
         state = "complete" if entry.complete else "no manifest"
-        sha = ""
+        sha = error = ""
         if entry.complete:
             try:
                 sha = store.read_manifest(entry)["sha256"]
-            except LifeboatError:
-                state = "bad manifest"
+            except LifeboatError as exc:
+                # Listed, never trusted: restore --latest passes it over with a warning.
+                state, error = "damaged", exc.message
         rows.append(
             {
                 "store": entry.store,
@@ -219,6 +338,7 @@ def cmd_list(args) -> int:
                 "state": state,
                 "sha256": sha,
                 "path": entry.location,
+                **({"error": error} if error else {}),
             }
         )
     offsite = backup.s3_store_for(settings)
@@ -255,6 +375,9 @@ def cmd_list(args) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    for r in rows:
+        if r.get("error"):
+            print(f"damaged: {r['error']}")
     return 0
 
 
@@ -316,7 +439,13 @@ def cmd_verify(args) -> int:
         report = s3.verify_url(settings, args.path, settings.pg_bin_dir)
     else:
         settings = load_settings(args, need_database=False)  # the age identity file, if any
-        report = verify.verify_file(args.path, identity=settings.encrypt_identity_file)
+        report = verify.verify_file(
+            args.path,
+            identity=settings.encrypt_identity_file,
+            trust=manifest_key.trust_for(settings),
+        )
+    if args.json:
+        return emit_json([report.as_dict()], 0)
     print(f"OK {report.path}")
     for check in report.checks:
         print(f"  - {check}")
@@ -372,6 +501,11 @@ def cmd_prune(args) -> int:
             )
         except LifeboatError as exc:
             failed = exc
+    if args.json:
+        found = {"dry_run": args.dry_run, "deleted": deleted, "ok": failed is None}
+        if failed is not None:
+            found.update(error=f"S3 retention skipped: {failed.message}", hint=failed.hint)
+        return emit_json(found, 0 if failed is None else 1)
     verb = "would delete" if args.dry_run else "deleted"
     for path in deleted:
         print(f"{verb} {path}")
@@ -383,26 +517,39 @@ def cmd_prune(args) -> int:
 
 
 def cmd_restore(args) -> int:
+    if not args.confirm and not args.dry_run:
+        # A usage error like any other (exit 2), before settings or databases are read.
+        raise ConfigError(
+            "A restore replaces a database and needs confirmation.", restore.CONFIRM_HINT
+        )
     settings = load_settings(args)
     request = restore.Request(
         latest=args.latest,
         file=args.file,
         from_s3=args.from_s3,
+        time=args.time,
         backup_type=args.type,
         target_db=args.target_db,
         skip_pre_backup=args.skip_pre_backup,
         keep_replaced=args.keep_replaced,
         confirm=args.confirm,
         with_globals=args.with_globals,
+        block_writes=args.block_writes,
     )
     if args.dry_run:
         planned = restore.plan(settings, request)
+        if args.json:
+            return emit_json(planned, 0 if all(item["ok"] for item in planned) else 1)
         for item in planned:
             print("\n".join(restore.describe_plan(item)))
         return 0 if all(item["ok"] for item in planned) else 1
     results = restore.run(settings, request)
+    if args.json:
+        return emit_json([r.as_dict() for r in results], 0 if all(r.ok for r in results) else 1)
     for result in results:
         print(result.summary())
+        for warning in result.warnings:  # e.g. a newer backup passed over, and why
+            print(f"  warning: {warning}")
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -422,13 +569,43 @@ def cmd_status(args) -> int:
     return 0 if result["ok"] else 1
 
 
+def cmd_pitr(args) -> int:
+    from . import pitr
+
+    settings = load_settings(args)
+    if args.action == "drill":
+        from .pitr import drill
+
+        found = drill.run(settings, args.minutes)
+        if args.json:
+            return emit_json(found, 0 if found["ok"] else 1)
+        print("\n".join(drill.describe(found)))
+        return 0 if found["ok"] else 1
+    found = pitr.report(settings, settings.targets[0].conn)
+    if settings.metrics_dir:  # lifeboat_pitr.prom beside lifeboat.prom
+        from .pitr.report import write_metrics
+
+        write_metrics(settings.metrics_dir, found)
+    if args.json:
+        return emit_json(found, 0 if found["ok"] else 1)
+    print("\n".join(pitr.report_lines(found)))
+    return 0 if found["ok"] else 1
+
+
+def emit_json(data, code: int) -> int:
+    print(json.dumps(data, indent=2, default=str))
+    return code
+
+
 COMMANDS = {
     "backup": cmd_backup,
+    "drill": cmd_drill,
     "status": cmd_status,
     "list": cmd_list,
     "verify": cmd_verify,
     "prune": cmd_prune,
     "restore": cmd_restore,
+    "pitr": cmd_pitr,
 }
 
 
@@ -442,13 +619,48 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.quiet)
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        code = run(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # `lifeboat status --json | head`: stop quietly as cat does (128 + SIGPIPE);
+        # stdout points at /dev/null so the final flush cannot complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _stdout_closed() -> bool:
+    """stdout is a pipe whose reader has closed it (POLLERR on the write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def run(args) -> int:
+    try:
         return COMMANDS[args.command](args)
     except LifeboatError as exc:
         print(f"lifeboat: error: {exc}", file=sys.stderr)
-        return exc.exit_code if isinstance(exc, ConfigError) else 1
+        code = exc.exit_code if isinstance(exc, ConfigError) else 1
+        if args.json:  # stdout stays parseable: the error as JSON too
+            failure = {"ok": False, "error": exc.message, "hint": exc.hint}
+            return emit_json(dict(failure, error_type=type(exc).__name__), code)
+        return code
     except KeyboardInterrupt:
         print("lifeboat: interrupted; nothing half-written was kept.", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        if exc.code == 128 + signal.SIGTERM:  # from _terminate, after the cleanup ran
+            print(
+                "lifeboat: terminated (SIGTERM); nothing half-written was kept. Run it again.",
+                file=sys.stderr,
+            )
+        raise
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import os
 import re
 import subprocess
 
-from . import naming, pg
+from . import naming, pg, sqlguard, storefs
 from .conninfo import ConnInfo, client_env, redact
 from .errors import LifeboatError, PermissionDenied, RestoreFailed, RestoreRefused
 
@@ -46,14 +46,14 @@ def save(conn: ConnInfo, backup_path: str, passwords: bool, bin_dir: str | None)
     pg_dumpall = pg.find_tool("pg_dumpall", bin_dir)
     final = path_for(backup_path)
     tmp = final + naming.PARTIAL_SUFFIX
-    argv = [pg_dumpall, "--globals-only", "--no-password", f"--dbname={conn.url()}"]
+    argv = [pg_dumpall, "--globals-only", "--no-password", f"--dbname={conn.conninfo()}"]
     if not passwords:
         argv.append("--no-role-passwords")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    fd = storefs.create_exclusive(tmp, "globals file", FILE_MODE)  # never through a link
     try:
-        with os.fdopen(fd, "wb") as out, client_env(conn) as env:
+        with os.fdopen(fd, "wb") as out, client_env(conn) as child:
             proc = subprocess.run(
-                argv, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
+                argv, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, **child
             )
             out.flush()
             os.fsync(out.fileno())
@@ -116,8 +116,9 @@ def discard(backup_path: str) -> None:
             os.unlink(path)
 
 
-def locate(source) -> str:
-    """The checked globals file of a restore source; RestoreRefused when there is none."""
+def locate(source) -> tuple[str, bytes]:
+    """The checked globals file of a restore source and its bytes; RestoreRefused when
+    there is none. psql gets these bytes, not the path: they cannot change in between."""
     info = (source.manifest or {}).get("globals")
     if not info:
         raise RestoreRefused(
@@ -131,7 +132,7 @@ def locate(source) -> str:
             "Restore from the local copy (--latest or --file), or create the roles first "
             "and restore without --with-globals.",
         )
-    path = os.path.join(os.path.dirname(source.location), info["file"])
+    path = os.path.join(os.path.dirname(source.location), os.path.basename(str(info["file"])))
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -146,7 +147,13 @@ def locate(source) -> str:
             "It was changed or damaged: restore without --with-globals and create the "
             "roles by hand.",
         )
-    return path
+    guard = sqlguard.PsqlGuard()  # pg_dumpall's output: nothing else may reach psql
+    try:
+        guard.feed(data)
+        guard.finish()
+    except sqlguard.Refused as exc:
+        raise sqlguard.refused(path, exc) from None
+    return path, data
 
 
 def apply(source, conn: ConnInfo, bin_dir: str | None) -> str:
@@ -156,12 +163,12 @@ def apply(source, conn: ConnInfo, bin_dir: str | None) -> str:
     expected on any server that is not empty; they get the backup's attributes,
     and keep their passwords unless the file has them); any other error fails.
     """
-    path = locate(source)
+    path, data = locate(source)
     psql = pg.find_tool("psql", bin_dir)
     admin = conn.with_dbname("postgres")
-    argv = [psql, "-X", "-q", "--no-password", f"--dbname={admin.url()}", "-f", path]
-    with client_env(admin) as env:
-        proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env)
+    argv = [psql, "-X", "-q", "--no-password", f"--dbname={admin.conninfo()}", "-f", "-"]
+    with client_env(admin) as child:
+        proc = subprocess.run(argv, capture_output=True, input=data, **child)
     stderr = redact(proc.stderr.decode("utf-8", "replace"), conn.password)
     errors = [m.group(1) for m in _ERROR.finditer(stderr)]
     existing = [e for e in errors if _EXISTS.match(e)]

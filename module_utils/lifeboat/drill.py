@@ -22,14 +22,26 @@ gone with its session.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from . import backup, lock, monitor, naming, notify, pg, restore, units
+from . import (
+    backup,
+    dbprops,
+    eventlog,
+    lock,
+    manifest_key,
+    monitor,
+    naming,
+    notify,
+    pg,
+    restore,
+    storefs,
+    units,
+)
 from .conninfo import ConnInfo, redact
 from .errors import ConfigError, LifeboatError, VerificationFailed
 from .settings import Settings, Target
@@ -148,37 +160,43 @@ def run(
     """
     request.check()
     results = []
-    for target, source_path in _selection(settings, request):
-        result = DrillResult(target.label, deep=request.deep)
-        started = time.monotonic()
-        try:
+    # The backup log gets every recorded run, as it does a backup's.
+    with eventlog.attached(settings) if record else contextlib.nullcontext():
+        for target, source_path in _selection(settings, request):
+            result = DrillResult(target.label, deep=request.deep)
+            started = time.monotonic()
             try:
-                drill_one(settings, target, request, result, source_path, now=now)
-            except restore.psycopg_lib().Error as exc:
-                error = pg.classify(str(exc), _server(settings, target), "run the drill on")
-                raise error from None
-            result.ok = True
-        except LifeboatError as exc:
-            result.error, result.hint, result.error_type = exc.message, exc.hint, type(exc).__name__
-            if isinstance(exc, VerificationFailed) and request.deep and result.scratch:
-                result.hint = DRILL_HINT
-        except Exception as exc:
-            # A bug must still reach the log and the on-call person, not just a traceback.
-            log.exception("unexpected error verifying %s", target.label)
-            result.error = f"Unexpected error: {type(exc).__name__}: {exc}."
-            result.hint = "This is a lifeboat bug; the traceback is in the log."
-            result.error_type = "InternalError"
-        result.duration = time.monotonic() - started
-        secrets = notify.secrets_of(settings)
-        result.error = redact(result.error, *secrets)
-        result.hint = redact(result.hint, *secrets)
-        if record:
-            result.warnings += monitor.record(settings, _event(result, now), result.summary())
-        elif result.ok:
-            log.info("verify ok: %s", result.summary())
-        else:
-            log.error("verify failed: %s", result.summary())
-        results.append(result)
+                try:
+                    drill_one(settings, target, request, result, source_path, now=now)
+                except restore.psycopg_lib().Error as exc:
+                    error = pg.classify(str(exc), _server(settings, target), "run the drill on")
+                    raise error from None
+                result.ok = True
+            except LifeboatError as exc:
+                result.error, result.hint, result.error_type = (
+                    exc.message,
+                    exc.hint,
+                    type(exc).__name__,
+                )
+                if isinstance(exc, VerificationFailed) and request.deep and result.scratch:
+                    result.hint = DRILL_HINT
+            except Exception as exc:
+                # A bug must still reach the log and the on-call person, not just a traceback.
+                log.exception("unexpected error verifying %s", target.label)
+                result.error = f"Unexpected error: {type(exc).__name__}: {exc}."
+                result.hint = "This is a lifeboat bug; the traceback is in the log."
+                result.error_type = "InternalError"
+            result.duration = time.monotonic() - started
+            secrets = notify.secrets_of(settings)
+            result.error = redact(result.error, *secrets)
+            result.hint = redact(result.hint, *secrets)
+            if record:
+                result.warnings += monitor.record(settings, _event(result, now), result.summary())
+            elif result.ok:
+                log.info("verify ok: %s", result.summary())
+            else:
+                log.error("verify failed: %s", result.summary())
+            results.append(result)
     return results
 
 
@@ -251,8 +269,9 @@ def drill_one(
     elif path:
         source = restore.file_source(path)
     else:
-        source = restore.latest_source(settings, target, request.backup_type)
+        source = restore.latest_source(settings, target, request.backup_type, now)
     result.source = result.file = source.location
+    result.warnings += source.warnings
     parsed = naming.parse(os.path.basename(source.location))
     result.type = parsed.type if parsed else ""
     result.size = source.size
@@ -261,12 +280,20 @@ def drill_one(
         result.backup_age_seconds = max(0.0, (now - source.created).total_seconds())
     work_dir = os.path.join(store.root, ".drill", target.label)  # downloads from S3
     with lock.hold(store.lock_dir(), f"{target.label}.drill"), _cleaned(source, work_dir):
+        # A swap a killed restore left half done is repaired first (unless one is running).
+        for line in restore.journal.heal(target.conn, store.lock_dir()):
+            log.warning("repaired: %s", line)
+            result.warnings.append(f"repaired: {line}")
         clock = time.monotonic()
+        source.pin()  # retention leaves a backup being drilled alone
         source.fetch(work_dir)
         timings["fetch"] = round(time.monotonic() - clock, 3)
         mark = time.monotonic()
         report = restore.check_source(
-            source, settings.pg_bin_dir, identity=settings.encrypt_identity_file
+            source,
+            settings.pg_bin_dir,
+            identity=settings.encrypt_identity_file,
+            trust=manifest_key.trust_for(settings),
         )
         result.checks += report.checks
         if request.deep:  # an encrypted backup needs its key before a scratch exists
@@ -286,11 +313,13 @@ def drill_one(
             scratch = scratch_name(name, now)
             # Claimed before it exists: a concurrent cleanup must leave it alone.
             db.execute("SELECT pg_advisory_lock(hashtext(%s))", (LOCK_PREFIX + scratch,))
-            like = None if settings.drill_server else restore.db_info(db, name)
-            if like is not None:
-                # Owner, encoding and locale only: a drill needs no grants or settings,
-                # and copying some settings takes a superuser.
-                like = dataclasses.replace(like, name="", comment=None, has_acl=False)
+            like = None if settings.drill_server else dbprops.read(db, name)
+            if like is None and not settings.drill_server:  # the original is gone
+                like = dbprops.DbProps.from_dict((source.manifest or {}).get("database_properties"))
+            # Owner, encoding and locale only, and closed: a drill needs no settings
+            # or comment, and its copy of the data must be no more open than the
+            # original, so nobody but its owner (and superusers) may connect.
+            like = (like or dbprops.DbProps()).closed()
             mark = time.monotonic()
             result.scratch = scratch
             try:
@@ -334,6 +363,8 @@ def drill_one(
 @contextlib.contextmanager
 def _cleaned(source, work_dir: str):
     """Remove downloads a killed drill left (we hold the lock), and ours afterwards."""
+    storefs.check_not_link(os.path.dirname(work_dir), "drill work directory")
+    storefs.check_not_link(work_dir, "drill work directory")
     if os.path.isdir(work_dir):
         for name in os.listdir(work_dir):
             with contextlib.suppress(OSError):
@@ -394,7 +425,9 @@ def cleanup(db) -> list[str]:
 
 def compare_manifest(db, manifest: dict | None, result: DrillResult) -> list[str]:
     """Table count and per-table rows of the restored database against the manifest."""
-    present = sorted(pg.table_estimates(db))
+    # Archives' manifests from before exact counts listed partitioned parents too.
+    legacy = bool(manifest) and not manifest.get("rows_exact")
+    present = sorted(pg.table_estimates(db, partitioned=legacy))
     counts = pg.exact_counts(db, present)
     result.tables, result.rows, result.table_rows = len(present), sum(counts.values()), counts
     if not manifest:

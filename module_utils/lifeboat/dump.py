@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
-from . import compress, encrypt, pg
+from . import compress, encrypt, pg, pglocks, sqlguard
 from .conninfo import ConnInfo, client_env, redact
 from .errors import DiskFull, DumpFailed, LifeboatError, StorageError
 
@@ -83,12 +83,15 @@ class StreamWatch:
     and, for plain SQL, the rows of every COPY block. The same checks run when
     a dump is written, verified and restored."""
 
-    def __init__(self, fmt: str = "plain"):
+    def __init__(self, fmt: str = "plain", guard: bool = False, marks: bool = False):
         self.fmt = fmt
         self.head = b""
         self.tail = b""
         self.size = 0
-        self.counter = CopyCounter() if fmt == "plain" else None
+        self.counter = None
+        if fmt == "plain":
+            # The guard counts rows too: it lexes the stream as psql will run it.
+            self.counter = sqlguard.PsqlGuard(marks) if guard else CopyCounter()
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -97,6 +100,11 @@ class StreamWatch:
         self.tail = (self.tail + chunk)[-4096:] if len(chunk) < 4096 else chunk[-4096:]
         if self.counter:
             self.counter.feed(chunk)
+
+    def finish(self) -> None:
+        """End of stream: the guard checks what it held back for lookahead."""
+        if isinstance(self.counter, sqlguard.PsqlGuard):
+            self.counter.finish()
 
     @property
     def rows(self) -> dict[str, int] | None:
@@ -218,6 +226,7 @@ class DumpResult:
     sha256: str = ""
     uncompressed_size: int = 0
     rows: dict[str, int] | None = None
+    level: int | None = None  # the compression level used (chosen from the stream if unset)
     pg_dump_version: str = ""
     duration: float = 0.0
     files: list[str] = field(default_factory=list)
@@ -233,11 +242,12 @@ class DumpOptions:
     pg_bin_dir: str | None = None
     extra_args: tuple[str, ...] = ()
     recipients: tuple[str, ...] = ()  # age recipients (plain only): encrypt after compressing
+    lock_timeout: int | None = None  # seconds pg_dump waits for each table lock (pglocks.py)
 
 
 def pg_dump_argv(pg_dump: str, conn: ConnInfo, opts: DumpOptions, out_dir: str | None) -> list[str]:
-    """pg_dump arguments: the URL without password, never a shell string."""
-    argv = [pg_dump, "--no-password", f"--dbname={conn.url()}", f"--format={opts.fmt}"]
+    """pg_dump arguments: the connection string without password, never a shell string."""
+    argv = [pg_dump, "--no-password", f"--dbname={conn.conninfo()}", f"--format={opts.fmt}"]
     if opts.fmt == "plain":
         pass  # compression is ours, streamed
     elif opts.compression == "none":
@@ -246,6 +256,8 @@ def pg_dump_argv(pg_dump: str, conn: ConnInfo, opts: DumpOptions, out_dir: str |
         argv.append(f"--compress={opts.level}")
     if opts.fmt == "directory":
         argv += [f"--jobs={max(1, opts.jobs)}", f"--file={out_dir}"]
+    if opts.lock_timeout:  # never wait forever behind another session's lock
+        argv.append(f"--lock-wait-timeout={int(opts.lock_timeout * 1000)}")
     argv += list(opts.extra_args)
     return argv
 
@@ -260,13 +272,13 @@ def stream_dump(
     hasher = HashingWriter(sink)
     codec = opts.compression if opts.fmt == "plain" else "none"
     watch = StreamWatch(opts.fmt)
-    with client_env(conn) as env, tempfile.TemporaryFile() as errfile:
+    with client_env(conn) as child, tempfile.TemporaryFile() as errfile:
         proc = subprocess.Popen(
             pg_dump_argv(pg_dump, conn, opts, None),
             stdout=subprocess.PIPE,
             stderr=errfile,
             stdin=subprocess.DEVNULL,
-            env=env,
+            **child,
         )
         encryptor = None
         try:
@@ -274,12 +286,17 @@ def stream_dump(
             if opts.recipients:
                 # The hash, the file and the S3 copy only ever see ciphertext.
                 encryptor = encrypt.Encryptor(hasher, opts.recipients)
-            writer = compress.compressor(
-                encryptor or hasher,
-                codec,
-                compress.check(codec, opts.level) if codec != "none" else 0,
-                opts.threads,
-            )
+            # gzip without a configured level: held back until the first SAMPLE
+            # bytes have chosen it (compress.choose_gzip_level).
+            sample: list[bytes] | None = [] if codec == "gzip" and opts.level is None else None
+            writer = None
+
+            def start(level: int):
+                result.level = level
+                return compress.compressor(encryptor or hasher, codec, level, opts.threads)
+
+            if sample is None:
+                writer = start(compress.check(codec, opts.level) if codec != "none" else 0)
             last_report = started
             while True:
                 chunk = proc.stdout.read(CHUNK)
@@ -287,11 +304,20 @@ def stream_dump(
                     break
                 result.uncompressed_size += len(chunk)
                 watch.feed(chunk)
+                if writer is None:
+                    sample.append(chunk)
+                    if result.uncompressed_size < compress.SAMPLE:
+                        continue
+                    chunk = b"".join(sample)
+                    writer = start(compress.choose_gzip_level(chunk))
                 writer.write(chunk)
                 now = time.monotonic()
                 if progress and now - last_report >= 0.5:
                     progress(result.uncompressed_size, hasher.size)
                     last_report = now
+            if writer is None:  # a dump smaller than the sample
+                writer = start(compress.choose_gzip_level(b"".join(sample)))
+                writer.write(b"".join(sample))
             writer.close()
             if encryptor:
                 encryptor.close()
@@ -313,7 +339,7 @@ def stream_dump(
         stderr = redact(errfile.read().decode("utf-8", "replace"), conn.password)
     hasher.flush()
     if returncode != 0:
-        raise _dump_error(returncode, stderr, conn)
+        raise _dump_error(returncode, stderr, conn, opts.lock_timeout)
     if stderr.strip():
         log.warning("pg_dump said: %s", stderr.strip())
     fault = watch.fault()
@@ -337,17 +363,17 @@ def directory_dump(conn: ConnInfo, opts: DumpOptions, out_dir: str) -> DumpResul
     pg_dump = pg.find_tool("pg_dump", opts.pg_bin_dir)
     result = DumpResult(pg_dump_version=pg.tool_version(pg_dump))
     started = time.monotonic()
-    with client_env(conn) as env:
+    with client_env(conn) as child:
         proc = subprocess.run(
             pg_dump_argv(pg_dump, conn, opts, out_dir),
             capture_output=True,
             stdin=subprocess.DEVNULL,
-            env=env,
             check=False,
+            **child,
         )
     stderr = redact(proc.stderr.decode("utf-8", "replace"), conn.password)
     if proc.returncode != 0:
-        raise _dump_error(proc.returncode, stderr, conn)
+        raise _dump_error(proc.returncode, stderr, conn, opts.lock_timeout)
     result.sha256, result.size, result.files = tree_digest(out_dir)
     result.duration = time.monotonic() - started
     return result
@@ -382,8 +408,12 @@ def _write_error(exc: OSError) -> LifeboatError:
     )
 
 
-def _dump_error(returncode: int, stderr: str, conn: ConnInfo) -> LifeboatError:
+def _dump_error(
+    returncode: int, stderr: str, conn: ConnInfo, lock_timeout: int | None = None
+) -> LifeboatError:
     text = stderr.strip()
+    if lock_timeout and pglocks.is_timeout(text):
+        return pglocks.dump_timeout(conn, text, lock_timeout)
     if returncode < 0:
         return DumpFailed(
             f"pg_dump of {conn.where()} was killed by signal {-returncode}.",

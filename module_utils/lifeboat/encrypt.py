@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 
+from . import children
 from .errors import ConfigError, DumpFailed, RestoreRefused, VerificationFailed
 
 METHOD = "age"
@@ -118,6 +119,7 @@ def check_recipients(recipients) -> None:
         input=b"",
         capture_output=True,
         check=False,
+        env=children.environment(),
     )
     if proc.returncode != 0:
         raise ConfigError(
@@ -169,6 +171,7 @@ class Encryptor:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._errfile,
+            env=children.environment(),
         )
         self._thread = threading.Thread(target=self._pump, name="age-out", daemon=True)
         self._thread.start()
@@ -256,6 +259,7 @@ class Decryptor:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._errfile,
+            env=children.environment(),
         )
         self._thread = threading.Thread(target=self._feed, name="age-in", daemon=True)
         self._thread.start()
@@ -339,7 +343,11 @@ def probe(path: str, identity: str, location: str) -> None:
         head = fh.read(PROBE_BYTES)
         whole = not fh.read(1)
     proc = subprocess.run(
-        [find_age(), "-d", "-i", identity], input=head, capture_output=True, check=False
+        [find_age(), "-d", "-i", identity],
+        input=head,
+        capture_output=True,
+        check=False,
+        env=children.environment(),
     )
     # A prefix ends mid-stream (age then fails), but what it decrypted proves the key.
     if proc.returncode == 0 or (proc.stdout and not whole):

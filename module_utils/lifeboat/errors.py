@@ -62,6 +62,14 @@ class UploadFailed(StorageError):
     """An off-site copy could not be written."""
 
 
+class UnsafeStore(StorageError):
+    """A path inside the store is a symbolic link (or a hard-linked file): never followed."""
+
+
+class BackupInUse(StorageError):
+    """A backup is being read by a running restore or drill; it is not deleted."""
+
+
 class VerificationFailed(LifeboatError):
     """A backup file is corrupt, truncated or does not match its manifest."""
 
@@ -70,9 +78,17 @@ class LockBusy(LifeboatError):
     """Another lifeboat run holds the lock for this database."""
 
 
+class LockTimeout(LifeboatError):
+    """A PostgreSQL lock was not granted within lock_timeout; the message names its holder."""
+
+
 class RestoreRefused(LifeboatError):
     """A restore was refused before anything was touched."""
 
 
 class RestoreFailed(LifeboatError):
     """A restore failed; the original database is untouched."""
+
+
+class PitrFailed(LifeboatError):
+    """pgBackRest or a point-in-time restore's temporary instance failed; nothing changed."""

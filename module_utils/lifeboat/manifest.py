@@ -35,6 +35,7 @@ def build(
     tables: dict[str, int],
     rows_exact: bool,
     encryption: dict | None = None,
+    database_properties: dict | None = None,
 ) -> dict:
     return {
         "schema": SCHEMA,
@@ -60,26 +61,69 @@ def build(
         "table_count": len(tables),
         "rows_exact": rows_exact,
         "tables": tables,
+        # dbprops.DbProps: how to recreate the database itself if it is lost.
+        "database_properties": database_properties,
         "lifeboat_version": __version__,
     }
+
+
+def set_rows(manifest: dict, rows: dict[str, int]) -> None:
+    """Exact rows per table (every table whose data the dump holds, as pg_dump names it)."""
+    manifest.update(tables=rows, table_count=len(rows), rows_exact=True)
 
 
 def dumps(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
+# Keys a reader relies on, with their JSON types (optional ones may also be null).
+TYPES = {
+    "database": str,
+    "type": str,
+    "format": str,
+    "compression": str,
+    "size": int,
+    "sha256": str,
+    "file": str,
+}
+OPTIONAL_TYPES = {
+    "finished_at": str,
+    "started_at": str,
+    "tables": dict,
+    "table_count": int,
+    "encryption": dict,
+}
+HINT = "The backup cannot be trusted; use another one (`lifeboat list` marks it damaged)."
+
+
 def loads(data: bytes, where: str) -> dict:
+    """Parse and validate one manifest; VerificationFailed names the file and the fault."""
     try:
         manifest = json.loads(data)
     except ValueError as exc:
         raise VerificationFailed(
-            f"Manifest {where} is not valid JSON: {exc}.",
-            "The backup cannot be trusted; use another one.",
+            f"Failed to read manifest {where}: not valid JSON ({exc}).", HINT
         ) from None
-    missing = [key for key in REQUIRED if key not in manifest]
-    if not isinstance(manifest, dict) or missing:
+    if not isinstance(manifest, dict):
         raise VerificationFailed(
-            f"Manifest {where} lacks {', '.join(missing)}.",
-            "The backup cannot be trusted; use another one.",
+            f"Failed to read manifest {where}: it holds {json.dumps(manifest)[:40]}, "
+            "not a JSON object.",
+            HINT,
         )
+    missing = [key for key in REQUIRED if key not in manifest]
+    if missing:
+        raise VerificationFailed(
+            f"Failed to read manifest {where}: it lacks {', '.join(missing)}.", HINT
+        )
+    wrong = [
+        f"{key} is {type(manifest[key]).__name__}, not {kind.__name__}"
+        for key, kind in [*TYPES.items(), *OPTIONAL_TYPES.items()]
+        if key in manifest
+        and not (key in OPTIONAL_TYPES and manifest[key] is None)
+        and (not isinstance(manifest[key], kind) or isinstance(manifest[key], bool))
+    ]
+    if not wrong and manifest["size"] < 0:
+        wrong.append("size is negative")
+    if wrong:
+        raise VerificationFailed(f"Failed to read manifest {where}: {'; '.join(wrong)}.", HINT)
     return manifest

@@ -65,6 +65,18 @@ SERIES = (
         "result",
     ),
     (
+        "lifeboat_restore_last_success_timestamp_seconds",
+        "Unix time of the last successful restore.",
+        "last_restore_success_at",
+        "time",
+    ),
+    (
+        "lifeboat_restore_last_ok",
+        "1 when the last restore succeeded, 0 when it failed.",
+        "last_restore_result",
+        "result",
+    ),
+    (
         "lifeboat_restore_last_rto_seconds",
         "Recovery time of the last restore or restore drill.",
         "last_restore_rto_seconds",
@@ -131,14 +143,19 @@ def render(states: dict[tuple[str, str], dict]) -> str:
 
 def write(metrics_dir: str, states: dict[tuple[str, str], dict]) -> str:
     """Write `<metrics_dir>/lifeboat.prom` atomically; returns its path."""
+    return write_file(metrics_dir, FILE_NAME, render(states))
+
+
+def write_file(metrics_dir: str, file_name: str, body: str) -> str:
+    """Write one textfile atomically (also lifeboat_pitr.prom, pitr/report.py)."""
     os.makedirs(metrics_dir, mode=0o755, exist_ok=True)
-    path = os.path.join(metrics_dir, FILE_NAME)
+    path = os.path.join(metrics_dir, file_name)
     # The collector reads *.prom only: the temporary name must not end so.
-    tmp = os.path.join(metrics_dir, f".{FILE_NAME}.{os.getpid()}.tmp")
+    tmp = os.path.join(metrics_dir, f".{file_name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(render(states))
+            fh.write(body)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # node_exporter runs as its own user

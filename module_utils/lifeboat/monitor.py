@@ -14,8 +14,9 @@ import json
 import logging
 import os
 
-from . import metrics, notify, units
+from . import metrics, notify, storefs, units
 from .conninfo import redact
+from .errors import UnsafeStore
 
 log = logging.getLogger("lifeboat")
 
@@ -43,17 +44,16 @@ def read_states(backup_dir: str) -> dict[tuple[str, str], dict]:
         if not name.endswith(STATE_SUFFIX):
             continue
         try:
-            with open(os.path.join(folder, name), encoding="utf-8") as fh:
-                state = json.load(fh)
+            state = json.loads(storefs.read(os.path.join(folder, name), "state file"))
             states[(state["database"], state["type"])] = state
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, UnsafeStore):
             log.warning("ignoring unreadable state file %s", os.path.join(folder, name))
     return states
 
 
 def write_json_atomic(path: str, data: dict, mode: int = 0o600) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = storefs.create_exclusive(tmp, "state file", mode)  # never through a planted link
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=True)
@@ -105,10 +105,10 @@ def update_state(state: dict, event: notify.Event) -> dict:
 
 def save_state(backup_dir: str, event: notify.Event) -> None:
     path = state_path(backup_dir, event.database, event.type)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.dirname(path)), mode=0o700, exist_ok=True)
+    storefs.ensure_dir(os.path.dirname(path), "state directory")
     try:
-        with open(path, encoding="utf-8") as fh:
-            state = json.load(fh)
+        state = json.loads(storefs.read(path, "state file"))
     except (OSError, ValueError):
         state = {}
     write_json_atomic(path, update_state(state, event))
@@ -133,6 +133,8 @@ def record(settings, event: notify.Event, text: str | None = None) -> list[str]:
     if backup_dir and event.type:
         try:
             save_state(backup_dir, event)
+        except UnsafeStore as exc:
+            warnings.append(f"{exc} `lifeboat status` and the metrics will not show this run.")
         except OSError as exc:
             warnings.append(
                 f"Failed to save the run state under {state_dir(backup_dir)}: "

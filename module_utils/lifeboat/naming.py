@@ -7,6 +7,7 @@ do not parse are not lifeboat's and are never touched.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,6 +46,7 @@ _NAME = re.compile(
     + r")$"
 )
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
+LABEL_HASH_CHARS = 10  # 40 bits of the full name's sha256: readable, and no accidental twins
 
 
 @dataclass(frozen=True, order=True)
@@ -79,7 +81,25 @@ def check_type(backup_type: str) -> str:
 
 
 def safe_label(database: str) -> str:
-    """A database name made safe for a file name (`-` is kept out: it separates fields)."""
+    """A file-name label unique per database name (`-` is kept out: it separates fields).
+
+    A name that is already safe is its own label (existing stores keep their
+    names). Any other name gets its readable ASCII part plus a hash of the
+    full name, so `my-db` and `my_db`, or two all-Cyrillic names, never share
+    a label (and so never each other's backups, locks or journals).
+    """
+    label = legacy_label(database)
+    if label == database:
+        return label
+    digest = hashlib.sha256(database.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{label if label != 'database' else 'db'}_{digest[:LABEL_HASH_CHARS]}"
+
+
+def legacy_label(database: str) -> str:
+    """The label earlier versions gave every name (lossy: names could share it).
+
+    Only used to find backups those versions wrote, checked by their manifests.
+    """
     label = _UNSAFE.sub("_", database).strip("_.")
     return label or "database"
 

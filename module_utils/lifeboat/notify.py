@@ -91,7 +91,8 @@ class Event:
         return "success" if self.ok else "failure"
 
     def title(self) -> str:
-        what = " ".join(filter(None, [self.kind, self.database, self.type]))
+        kind_type = self.type if self.type != self.kind else ""  # a restore's state type
+        what = " ".join(filter(None, [self.kind, self.database, kind_type]))
         return f"{'OK' if self.ok else 'FAILED'}: {what} on {self.host}"
 
     def lines(self) -> list[str]:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from . import children
 from .conninfo import ConnInfo
 from .errors import (
     AuthenticationFailed,
@@ -31,11 +32,13 @@ INSTALL_HINT = (
 )
 
 # Catalog query for user tables in pg_dump's own quoting (format %I.%I), so
-# counts taken from a dump and from a database can be compared by name.
+# counts taken from a dump and from a database can be compared by name. Only
+# tables that hold rows ('r', partitions included): a partitioned parent holds
+# none and pg_dump writes no data for it, so a dump's tables are these.
 TABLES_SQL = """
 SELECT format('%I.%I', n.nspname, c.relname), c.reltuples::bigint
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p')
+WHERE c.relkind IN ({kinds})
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
@@ -73,7 +76,13 @@ def _major_of_dir(path: str) -> int:
 
 def tool_version(path: str) -> str:
     """`pg_dump --version` -> '15.18'."""
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        [path, "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=children.environment(),
+    ).stdout
     match = re.search(r"(\d+(?:\.\d+)?)", out)
     return match.group(1) if match else "unknown"
 
@@ -150,11 +159,15 @@ def explain(message: str, conn: ConnInfo, action: str) -> LifeboatError | None:
         or "must be owner" in lowered
         or "must be superuser" in lowered
     ):
+        return PermissionDenied(f"Failed to {action} {where}: {text}", denied_hint(text, conn))
+    if "would be affected by row-level security" in lowered:
+        table = re.search(r'row-level security policy for table "?([^"]+?)"?(?: |$)', text)
         return PermissionDenied(
             f"Failed to {action} {where}: {text}",
-            f"Grant the role what it needs, e.g. `GRANT CONNECT ON DATABASE {conn.dbname} TO "
-            f"{conn.user or 'your_user'}; GRANT SELECT ON ALL TABLES IN SCHEMA public TO "
-            f"{conn.user or 'your_user'};` (or back up as the database owner).",
+            f"Table {table.group(1) if table else '(above)'} forces row-level security, so "
+            "even its owner reads only some rows and a dump would be incomplete. Back up as "
+            f"a role with BYPASSRLS (a superuser runs `ALTER ROLE {quote_ident(conn.user)} "
+            "BYPASSRLS;`) or as a superuser.",
         )
     if "server version mismatch" in lowered or "aborting because of server version" in lowered:
         return VersionMismatch(
@@ -162,6 +175,16 @@ def explain(message: str, conn: ConnInfo, action: str) -> LifeboatError | None:
             "pg_dump must be at least the server's major version: install a newer "
             "postgresql-client (the postgresql_client role can add the PGDG repository), "
             "or point lifeboat_pg_bin_dir at it.",
+        )
+    if "not currently accepting connections" in lowered:
+        # ALLOW_CONNECTIONS false: what a restore killed during its swap leaves when
+        # its journal is gone (with the journal, lifeboat repairs it itself).
+        return ConnectionFailed(
+            f"Failed to {action} {where}: the database refuses connections "
+            "(ALLOW_CONNECTIONS false).",
+            "If no restore is running (`lifeboat status`), a restore was interrupted in its "
+            f'swap: as the owner run `ALTER DATABASE "{conn.dbname}" WITH ALLOW_CONNECTIONS '
+            "true;` from another database (psql -d postgres), then run again.",
         )
     if "does not exist" in lowered and "database" in lowered:
         return ConnectionFailed(
@@ -171,15 +194,86 @@ def explain(message: str, conn: ConnInfo, action: str) -> LifeboatError | None:
     return None
 
 
+_DENIED = re.compile(
+    r"permission denied for (schema|table|sequence|view|materialized view|"
+    r"large object|function|database) (.+?)(?: pg_dump:|$| DETAIL| HINT)"
+)
+_QUERY_OBJECT = re.compile(r"Query was: LOCK TABLE (.+?) IN ")
+
+
+def quote_ident(name: str | None) -> str:
+    name = name or "your_user"
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
+
+
+def denied_hint(text: str, conn: ConnInfo) -> str:
+    """What to grant, read from the server's own message: the object and privilege denied."""
+    user = quote_ident(conn.user)
+    read_all = (
+        "or back up as a role that reads everything (a superuser, or a member of "
+        "pg_read_all_data on PostgreSQL 14+): owning the database does not give access "
+        "to other roles' schemas and tables."
+    )
+    match = _DENIED.search(text)
+    if match is None:
+        if "must be owner" in text.lower() or "must be superuser" in text.lower():
+            return f"The operation needs the object's owner or a superuser (above); {read_all}"
+        return f"Grant {user} the privilege named above, {read_all}"
+    kind, name = match.group(1), match.group(2).strip().strip('"')
+    if kind == "schema":
+        schema = quote_ident(name)
+        return (
+            f"{user} lacks USAGE on schema {schema}, which another role owns. Have its owner "
+            f"(or a superuser) run `GRANT USAGE ON SCHEMA {schema} TO {user}; GRANT SELECT ON "
+            f"ALL TABLES IN SCHEMA {schema} TO {user}; GRANT SELECT ON ALL SEQUENCES IN SCHEMA "
+            f"{schema} TO {user};`, {read_all}"
+        )
+    if kind == "database":
+        return (
+            f"Have the owner of database {name} run "
+            f"`GRANT CONNECT ON DATABASE {quote_ident(name)} TO {user};`."
+        )
+    if kind == "large object":
+        return (
+            f"{user} lacks SELECT on large object {name}: have its owner run "
+            f"`GRANT SELECT ON LARGE OBJECT {name} TO {user};`, {read_all}"
+        )
+    if kind == "function":
+        return f"{user} lacks EXECUTE on function {name}: have its owner grant it, {read_all}"
+    query = _QUERY_OBJECT.search(text)
+    obj = query.group(1) if query else quote_ident(name)
+    noun = "SEQUENCE " if kind == "sequence" else ""
+    return (
+        f"{user} lacks SELECT on {kind} {obj}: have its owner (or a superuser) run "
+        f"`GRANT SELECT ON {noun}{obj} TO {user};`, {read_all}"
+    )
+
+
 def server_version(db) -> str:
     return db.execute("SHOW server_version").fetchone()[0].split()[0]
 
 
-def table_estimates(db) -> dict[str, int]:
-    """Per-table row estimates from the planner statistics (-1: never analyzed)."""
-    return {name: int(rows) for name, rows in db.execute(TABLES_SQL).fetchall()}
+def table_estimates(db, partitioned: bool = False) -> dict[str, int]:
+    """Per-table row estimates from the planner statistics (-1: never analyzed).
+
+    `partitioned` adds partitioned parents, as manifests of archives written
+    before exact counts listed them."""
+    kinds = "'r', 'p'" if partitioned else "'r'"
+    query = TABLES_SQL.replace("{kinds}", kinds)
+    return {name: int(rows) for name, rows in db.execute(query).fetchall()}
 
 
 def exact_counts(db, tables) -> dict[str, int]:
-    """count(*) of each table (ONLY: pg_dump copies a parent's own rows)."""
-    return {t: db.execute(f"SELECT count(*) FROM ONLY {t}").fetchone()[0] for t in tables}
+    """count(*) of each table (ONLY: pg_dump copies a parent's own rows).
+
+    FORCE ROW LEVEL SECURITY hides rows from the table's owner too, and the
+    owner is who restores: the force is lifted inside a transaction that is
+    rolled back, so the count sees every row and nothing is changed."""
+    with db.transaction(force_rollback=True):
+        forced = db.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relforcerowsecurity"
+            " AND pg_has_role(c.relowner, 'USAGE')"
+        ).fetchall()
+        for (table,) in forced:
+            db.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
+        return {t: db.execute(f"SELECT count(*) FROM ONLY {t}").fetchone()[0] for t in tables}

@@ -29,6 +29,7 @@ class Candidate:
     type: str
     created: datetime
     complete: bool
+    seq: int = 0  # `-1`, `-2` ...: later backups from the same second
 
 
 def check_policy(policy: dict | None) -> dict[str, int]:
@@ -78,11 +79,11 @@ def plan(
             groups.setdefault((backup.label, backup.type), []).append(backup)
     doomed = []
     for (_, backup_type), members in groups.items():
-        members.sort(key=lambda b: (b.created, b.key), reverse=True)
+        members.sort(key=lambda b: (b.created, b.seq, b.key), reverse=True)
         amount = policy[backup_type]
         limit = cutoff(backup_type, amount, now)
         for index, backup in enumerate(members[1:], start=1):  # [0], the newest, stays
             expired = backup.created < limit if limit is not None else index >= amount
             if expired:
                 doomed.append(backup)
-    return sorted(doomed, key=lambda b: (b.created, b.key))
+    return sorted(doomed, key=lambda b: (b.created, b.seq, b.key))

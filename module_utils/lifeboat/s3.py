@@ -29,7 +29,7 @@ import time
 import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from . import __version__, naming
+from . import __version__, manifest_key, naming, storefs
 from . import manifest as manifests
 from .errors import ConfigError, RestoreRefused, StorageError, UploadFailed, VerificationFailed
 from .store import FILE_MODE, Entry
@@ -135,8 +135,9 @@ def describe_error(exc: BaseException, bucket: str = "BUCKET") -> tuple[str, str
         endpoint = f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
         return (
             f"cannot reach the S3 endpoint {endpoint} ({name})".replace("  ", " "),
+            # Said of backups and restores alike: no claim about a local copy here.
             "Check lifeboat_s3_endpoint_url / AWS_ENDPOINT_URL, the network and that the "
-            "service is up; the local copy is kept either way.",
+            "service is up.",
         )
     return (f"{name}: {exc}", "Check the S3 endpoint and credentials, then run it again.")
 
@@ -244,7 +245,7 @@ class S3Store:
         self, action: str, target: str, exc: BaseException, kind: type[StorageError] = StorageError
     ) -> StorageError:
         cause, hint = describe_error(exc, self.bucket)
-        return kind(f"Failed to {action} {target} in S3: {cause}.", hint)
+        return kind(f"Failed to {action} {target} in S3: {cause.rstrip('.')}.", hint)
 
     def sse_args(self) -> dict:
         args = {}
@@ -365,15 +366,20 @@ class S3Store:
         """Stream the object into `dest` (0600, via `.partial`) and check size and sha256.
 
         Returns the manifest. Raises before `dest` exists when anything is off, so a
-        restore never starts from a bad copy.
+        restore never starts from a bad copy. A stock dump (`stock_entry`) has no
+        manifest: only its size is checked here, and None returned; the caller
+        verifies its content fully before anything is touched.
         """
-        if not entry.complete:
+        if entry.name is None:
+            manifest = None
+        elif not entry.complete:
             raise VerificationFailed(
                 f"{entry.location} has no manifest: it is not a complete backup.",
                 "Restore another backup (`lifeboat list`).",
             )
-        manifest = manifest if manifest is not None else self.read_manifest(entry)
-        if manifest.get("format") == "directory":
+        else:
+            manifest = manifest if manifest is not None else self.read_manifest(entry)
+        if manifest is not None and manifest.get("format") == "directory":
             raise ConfigError(
                 f"{entry.location} is a directory archive.",
                 "Directory-format backups are never uploaded to S3.",
@@ -382,7 +388,7 @@ class S3Store:
         digest, size = hashlib.sha256(), 0
         body = self.open(entry)
         try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            fd = storefs.create_exclusive(partial, "download", FILE_MODE)
             with os.fdopen(fd, "wb") as fh:
                 while chunk := body.read(MIB):
                     digest.update(chunk)
@@ -390,7 +396,14 @@ class S3Store:
                     fh.write(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
-            if size != manifest["size"] or digest.hexdigest() != manifest["sha256"]:
+            if manifest is None and size != entry.size:
+                raise VerificationFailed(
+                    f"Download of {entry.location} is {size} bytes; S3 says {entry.size}.",
+                    "Nothing was restored. Try again.",
+                )
+            if manifest is not None and (
+                size != manifest["size"] or digest.hexdigest() != manifest["sha256"]
+            ):
                 raise VerificationFailed(
                     f"Download of {entry.location} does not match its manifest "
                     f"({size} bytes, manifest says {manifest['size']}; sha256 "
@@ -487,6 +500,54 @@ def store_for_url(settings, url: str) -> tuple[S3Store, str]:
     return store, "/".join(parts[-2:])
 
 
+def names_backup(url: str) -> bool:
+    """The URL's key ends in a name lifeboat gives its backups (`<type>/<name>`)."""
+    parts = parse_url(url)[1].split("/")
+    return len(parts) >= 2 and naming.parse(parts[-1]) is not None
+
+
+def stock_entry(settings, url: str):
+    """(store, entry, upload time) of an object lifeboat did not name: a stock dump.
+
+    The guide uploaded `pg_dump | gzip` output under keys of its own choosing
+    (s3://my-bucket/backups/daily/backup.sql.gz). Its entry has no BackupName
+    (`name` None) and no manifest: a restore downloads it, finds its format from
+    its bytes and verifies it fully, as for a stock file given with --file.
+    """
+    bucket, key = parse_url(url)
+    prefix, _, name = key.rpartition("/")
+    if name.endswith((naming.MANIFEST_SUFFIX, naming.PARTIAL_SUFFIX)):
+        raise RestoreRefused(
+            f"{url} is not a dump file.", "Use the URL of the .sql, .sql.gz or custom dump itself."
+        )
+    store = S3Store(
+        bucket,
+        prefix,
+        getattr(settings, "s3_endpoint_url", None),
+        getattr(settings, "s3_region", None),
+        part_size=getattr(settings, "s3_part_size_mb", 8) * MIB,
+        max_attempts=getattr(settings, "s3_max_attempts", 5),
+    )
+    try:
+        head = store.client.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NotFound"):
+            raise StorageError(
+                f"{url} does not exist.", f"Check the key (`aws s3 ls s3://{bucket}/{prefix}/`)."
+            ) from None
+        raise store.error("look up", url, exc) from None
+    entry = Entry(
+        store=store.kind,
+        path=name,
+        name=None,
+        size=head["ContentLength"],
+        complete=False,
+        location=url,
+    )
+    return store, entry, head.get("LastModified")
+
+
 def entry_for_url(settings, url: str) -> tuple[S3Store, Entry]:
     """Restore's hook: the store and a complete entry for an s3:// URL; refuses anything else."""
     store, path = store_for_url(settings, url)
@@ -503,32 +564,30 @@ def verify_url(settings, url: str, bin_dir: str | None = None):
     """`lifeboat verify s3://...`: download into the backup dir, check it all, remove it."""
     from . import verify  # verify pulls in the codecs; only needed here
 
-    store, entry = entry_for_url(settings, url)
+    stock = not names_backup(url)  # no manifest: its content is verified fully
+    store, entry = stock_entry(settings, url)[:2] if stock else entry_for_url(settings, url)
     work = os.path.join(settings.backup_dir, ".verify")
-    os.makedirs(work, mode=0o700, exist_ok=True)
-    local = os.path.join(work, entry.name.name)
+    os.makedirs(settings.backup_dir, mode=0o700, exist_ok=True)
+    storefs.ensure_dir(work, "verify work directory")
+    local = os.path.join(work, entry.path if stock else entry.name.name)
     try:
         manifest = store.download(entry, local)  # size and sha256 against the manifest
+        # Its MAC, named by the URL, before any content check (manifest_key.py).
+        trusted = manifest_key.trust_for(settings).check(manifest, url) if manifest else None
         identity = getattr(settings, "encrypt_identity_file", None)
         report = verify.verify_file(local, manifest, bin_dir, identity=identity)
     finally:
         _unlink(local)
     report.path = url
-    report.checks.insert(0, "downloaded; size and sha256 match the S3 manifest")
+    if trusted:
+        report.checks.insert(0, trusted)
+    report.checks.insert(
+        0,
+        "downloaded (a stock dump: no manifest)"
+        if stock
+        else "downloaded; size and sha256 match the S3 manifest",
+    )
     return report
-
-
-def latest_entry(settings, label: str, types) -> tuple[S3Store, Entry] | None:
-    """The newest complete backup of `label` (of `types`) in the configured bucket, if any."""
-    store = S3Store.from_settings(settings)
-    if store is None:
-        return None
-    found = [
-        e for e in store.list() if e.complete and e.name.label == label and e.name.type in types
-    ]
-    if not found:
-        return None
-    return store, max(found, key=lambda e: e.name)
 
 
 class MultipartUpload:

@@ -9,81 +9,22 @@ Keys are the Ansible variable names without the `lifeboat_` prefix.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
-from . import compress, encrypt, eventlog, naming, notify, retention, status, verify
+from . import compress, encrypt, eventlog, naming, notify, retention, schema, status, verify
 from .conninfo import ConnInfo
 from .errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/lifeboat/lifeboat.yml"
-FORMATS = ("plain", "custom", "directory")
+FORMATS = schema.BY_NAME["format"].choices
 
-DEFAULTS: dict[str, object] = {
-    "database_url": None,
-    "databases": [],
-    "backup_dir": "backups",
-    "format": "plain",
-    "compression": "gzip",
-    "compression_level": None,
-    "jobs": 2,
-    "threads": 2,
-    "retention": {},
-    "pg_bin_dir": None,
-    "pg_dump_args": [],
-    # Off-site copies (s3.py); credentials come from the AWS chain, never from here.
-    "s3_bucket": None,
-    "s3_prefix": "backups",
-    "s3_endpoint_url": None,
-    "s3_region": None,
-    "s3_sse": None,
-    "s3_sse_kms_key_id": None,
-    "s3_part_size_mb": 8,
-    "s3_max_attempts": 5,
-    # Monitoring (notify.py, eventlog.py, metrics.py, status.py).
-    "notify_email": None,
-    "notify_on": ["success", "failure"],
-    "smtp_host": "localhost",
-    "smtp_port": None,
-    "smtp_security": "none",
-    "smtp_user": None,
-    "smtp_password": None,
-    "smtp_sender": None,
-    "slack_webhook_url": None,
-    "webhook_url": None,
-    "notify_timeout": 10,
-    "log_file": None,
-    "log_format": "text",
-    "metrics_dir": None,
-    "status_max_age_hours": {},
-    # Restore drills and cluster globals (verify.py, drill.py, cluster_globals.py).
-    "verify_queries": [],
-    "drill_server": None,
-    "globals": False,
-    "globals_passwords": False,
-    # Client-side encryption with age (encrypt.py): public recipients; the identity's path.
-    "encrypt_recipients": [],
-    "encrypt_identity_file": None,
-}
-
-# The guide's environment variables, then lifeboat's own.
-ENVIRONMENT = {
-    "DATABASE_URL": "database_url",
-    "LIFEBOAT_BACKUP_DIR": "backup_dir",
-    "BACKUP_S3_BUCKET": "s3_bucket",
-    "AWS_ENDPOINT_URL": "s3_endpoint_url",
-    "BACKUP_NOTIFICATION_EMAIL": "notify_email",
-    "SLACK_WEBHOOK_URL": "slack_webhook_url",
-}
-
+# Derived from the one declaration of every setting (schema.py).
+DEFAULTS: dict[str, object] = schema.defaults()
+# The guide's environment variables (LIFEBOAT_<KEY> works for every key).
+ENVIRONMENT = {var: s.name for s in schema.SETTINGS for var in s.env}
 # Values that must never be logged or echoed.
-SECRET_KEYS = {
-    "database_url",
-    "databases",
-    "smtp_password",
-    "slack_webhook_url",
-    "webhook_url",
-    "drill_server",
-}
+SECRET_KEYS = set(schema.SECRETS)
 
 
 @dataclass(frozen=True)
@@ -106,6 +47,7 @@ class Settings:
     retention: dict = field(default_factory=lambda: dict(retention.DEFAULT_POLICY))
     pg_bin_dir: str | None = None
     pg_dump_args: tuple[str, ...] = ()
+    lock_timeout: int = 60  # seconds to wait for another session's lock (pglocks.py)
     s3_bucket: str | None = None
     s3_prefix: str = "backups"
     s3_endpoint_url: str | None = None
@@ -136,6 +78,13 @@ class Settings:
     encrypt_recipients: tuple[str, ...] = ()  # age recipients or recipients files; () = off
     encrypt_identity_file: str | None = None  # path only: the key never leaves the file
     raw: dict = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str):
+        # A setting declared in schema.py without a field here: its checked value.
+        raw = self.__dict__.get("raw") or {}
+        if name in schema.BY_NAME and name in raw:
+            return raw[name]
+        raise AttributeError(name)
 
     def target(self, label: str | None) -> Target:
         if label is None and len(self.targets) == 1:
@@ -179,44 +128,52 @@ def load_file(path: str | None) -> dict:
         # Relative to the config file's directory; absolute paths stay as they are.
         secrets_file = os.path.join(os.path.dirname(os.path.abspath(path)), str(secrets_file))
         settings.update(load_secrets(secrets_file))
-    return settings
+    return checked(settings, path)
+
+
+def checked(layer: dict, source: str) -> dict:
+    """A layer's known settings converted and checked; errors name `source` and the key."""
+    return {
+        key: schema.check(schema.BY_NAME[key], value, f"{key} in {source}")
+        if key in schema.BY_NAME and value not in (None, "")
+        else value
+        for key, value in layer.items()
+    }
 
 
 def load_secrets(path: str) -> dict:
     """The file named by `secrets_file:` in the config: database URLs and passwords.
 
     Kept apart from the readable config (the lifeboat role writes it 0600, owned
-    by the backup user). Its settings win over the config file's. It must exist
-    and must not be accessible to other users.
+    by the backup user). Its settings win over the config file's. Like ssh with
+    its keys, only a file private to its owner is read: it holds passwords and
+    may set pg_bin_dir, which decides which programs run.
     """
     import yaml
 
     try:
-        mode = os.stat(path).st_mode
+        # Checked through the open file: what is read is what was checked.
+        fh = open(path)  # noqa: SIM115 - closed by the `with fh` below
     except FileNotFoundError:
         raise ConfigError(
             f"Secrets file {path} (secrets_file in the config) does not exist.",
             "Create it with mode 0600, owned by the backup user, or remove secrets_file.",
         ) from None
-    if mode & 0o007:
-        raise ConfigError(
-            f"Secrets file {path} is accessible to other users (mode {mode & 0o777:04o}).",
-            f"Run `chmod 600 {path}` (owner: the backup user).",
-        )
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
     except PermissionError:
         raise ConfigError(
             f"Failed to read secrets file {path}: permission denied.",
             "Run lifeboat as the backup user that owns it (or as root).",
         ) from None
-    except (OSError, yaml.YAMLError) as exc:
-        # The YAML error quotes the offending line: keep it out of logs.
-        raise ConfigError(
-            f"Failed to read secrets file {path}: {type(exc).__name__}.",
-            "Fix its YAML (a mapping of settings, as in lifeboat.yml).",
-        ) from None
+    with fh:
+        check_private(path, os.fstat(fh.fileno()))
+        try:
+            data = yaml.safe_load(fh) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            # The YAML error quotes the offending line: keep it out of logs.
+            raise ConfigError(
+                f"Failed to read secrets file {path}: {type(exc).__name__}.",
+                "Fix its YAML (a mapping of settings, as in lifeboat.yml).",
+            ) from None
     if not isinstance(data, dict) or "secrets_file" in data:
         raise ConfigError(
             f"Secrets file {path} must hold a mapping of settings (and no secrets_file).",
@@ -225,30 +182,45 @@ def load_secrets(path: str) -> dict:
     return {key.removeprefix("lifeboat_"): value for key, value in data.items()}
 
 
+def check_private(path: str, info: os.stat_result) -> None:
+    """Refuse a secrets file others may read or write, or that another user owns."""
+    import pwd
+
+    me = os.geteuid()
+    try:
+        user = pwd.getpwuid(me).pw_name
+    except KeyError:
+        user = str(me)
+    if info.st_uid not in (me, 0):
+        raise ConfigError(
+            f"Secrets file {path} is owned by uid {info.st_uid}, not by {user} (who runs "
+            "lifeboat) or root: whoever owns it decides which programs lifeboat runs.",
+            f"Run `chown {user} {path}` (or run lifeboat as its owner).",
+        )
+    if info.st_mode & 0o077:
+        raise ConfigError(
+            f"Secrets file {path} is accessible to other users (mode "
+            f"{info.st_mode & 0o777:04o}); only its owner may read or write it.",
+            f"Run `chmod 600 {path}`.",
+        )
+
+
 def from_environment(environ=None) -> dict:
-    environ = os.environ if environ is None else environ
-    found = {}
-    for var, key in ENVIRONMENT.items():
-        if environ.get(var):
-            found[key] = environ[var]
-    for key in DEFAULTS:
-        var = "LIFEBOAT_" + key.upper()
-        if environ.get(var):
-            found[key] = environ[var]
-    return found
+    """Settings from the environment, parsed (YAML/JSON for structured ones) and checked."""
+    return schema.from_environment(os.environ if environ is None else environ)
 
 
 def resolve(*layers: dict) -> Settings:
     """Merge layers (lowest precedence first, None values ignored) and validate."""
-    merged = dict(DEFAULTS)
+    merged = schema.defaults()
     for layer in layers:
         for key, value in (layer or {}).items():
-            if key not in DEFAULTS:
+            if key not in schema.BY_NAME:
                 raise ConfigError(
                     f"Unknown setting {key!r}.", f"Known settings: {', '.join(sorted(DEFAULTS))}."
                 )
             if value is not None and value != "":
-                merged[key] = value
+                merged[key] = schema.check(schema.BY_NAME[key], value)
     return build(merged)
 
 
@@ -268,21 +240,28 @@ def _int(merged: dict, key: str, low: int, high: int) -> int | None:
 
 
 def targets_from(merged: dict) -> tuple[Target, ...]:
+    """The databases to back up: connection strings libpq reads (conninfo.py)."""
     entries = merged["databases"] or ([merged["database_url"]] if merged["database_url"] else [])
     if isinstance(entries, str):
-        entries = [part for part in entries.replace(",", " ").split() if part]
+        entries = split_databases(entries)
     if not entries:
+        if os.environ.get("PGDATABASE") or os.environ.get("PGSERVICE"):
+            # libpq's own defaults name the database: back up that one.
+            conn = ConnInfo.from_environment()
+            return (Target(naming.safe_label(conn.dbname), conn),)
         raise ConfigError(
             "No database is configured.",
-            "Set DATABASE_URL (or lifeboat_database_url / lifeboat_databases).",
+            "Set DATABASE_URL (or lifeboat_database_url / lifeboat_databases: connection "
+            "strings or plain database names), or PGDATABASE.",
         )
     targets = []
     for entry in entries:
         if isinstance(entry, dict):
-            conn = ConnInfo.from_url(entry.get("url", ""))
+            # {name} alone is a database reached with libpq's defaults (peer authentication).
+            conn = ConnInfo.parse(entry.get("url") or entry.get("name"))
             label = entry.get("name") or conn.dbname
         else:
-            conn = ConnInfo.from_url(entry)
+            conn = ConnInfo.parse(entry)
             label = conn.dbname
         targets.append(Target(naming.safe_label(label), conn))
     labels = [t.label for t in targets]
@@ -293,6 +272,19 @@ def targets_from(merged: dict) -> tuple[Target, ...]:
             "Give each a distinct `name:` in lifeboat_databases.",
         )
     return tuple(targets)
+
+
+def split_databases(text: str) -> list[str]:
+    """`databases` given as one string: a single key/value connection string (its spaces
+    belong to it), else names and URLs separated by spaces or commas (a URL keeps its
+    commas: they separate its hosts)."""
+    text = text.strip()
+    if re.match(r"[A-Za-z_]+\s*=", text):
+        return [text]
+    parts = []
+    for word in text.split():
+        parts += [word] if "://" in word else [part for part in word.split(",") if part]
+    return parts
 
 
 def build(merged: dict) -> Settings:
@@ -324,6 +316,7 @@ def build(merged: dict) -> Settings:
         retention=retention.check_policy(merged["retention"]),
         pg_bin_dir=merged["pg_bin_dir"],
         pg_dump_args=tuple(extra),
+        lock_timeout=_int(merged, "lock_timeout", 1, 86400),
         **s3_settings(merged, fmt),
         **monitoring_settings(merged),
         **verify.check_config(merged),

@@ -9,7 +9,12 @@ last success, and a state:
   OK       newest complete backup within the type's age limit
   STALE    newest complete backup older than the limit
   FAILED   the last attempt failed (newer than the last success)
-  MISSING  no complete backup of that type at all
+  MISSING  no complete backup of that type, and its first scheduled run
+           should have happened (see `first_due`); before that the row is
+           OK, saying when the first one is due
+  FUTURE   a backup is dated in the future (clock skew): it would pass for
+           the newest forever; age and `restore --latest` use the newest
+           sane one, and this row stays NOT OK until the file is dealt with
 
 `fleet` merges the reports of many hosts (the status playbook) and
 `render` prints either as one table.
@@ -17,17 +22,27 @@ last success, and a state:
 
 from __future__ import annotations
 
+import os
 import socket
-from datetime import datetime, timezone
+from datetime import datetime, time, timedelta, timezone
 
 from .errors import ConfigError, LifeboatError
 from .store import Entry
 from .units import human_size, iso
 
-STATES = ("OK", "STALE", "FAILED", "MISSING")
+STATES = ("OK", "STALE", "FAILED", "MISSING", "FUTURE")
+# A backup dated further past this host's clock than this is future-dated (clock skew).
+FUTURE_SLACK = timedelta(minutes=5)
 # Hours; daily backups run once a day, so 26 h leaves two hours of slack.
 DEFAULT_MAX_AGE_HOURS = {"daily": 26, "weekly": 8 * 24, "monthly": 32 * 24}
 PLACEHOLDER_URL = "postgresql://localhost/lifeboat-status"
+# Written by the lifeboat role when it provisions a host (<backup_dir>/.state/):
+# when backups start being expected. Without it, a database's first backup.
+PROVISIONED_FILE = "provisioned_at"
+# The guide's schedule: weekly on Sunday (weekday 6), monthly on the 1st.
+SCHEDULE_WEEKDAY, SCHEDULE_MONTHDAY = 6, 1
+# What the daily limit allows beyond a day (26 h): a late or jittered run still counts.
+SLACK = timedelta(hours=2)
 
 
 def check_max_age(value) -> dict:
@@ -87,6 +102,36 @@ def stores_for(settings) -> list:
     return stores
 
 
+def provisioned_at(backup_dir: str) -> datetime | None:
+    """The anchor the lifeboat role wrote, or None (not provisioned by it, unreadable)."""
+    from . import storefs
+    from .monitor import STATE_DIR
+
+    try:
+        text = storefs.read(os.path.join(backup_dir, STATE_DIR, PROVISIONED_FILE), "stamp")
+    except (OSError, LifeboatError):
+        return None
+    return parse_time(text.decode("utf-8", "replace").strip())
+
+
+def first_due(backup_type: str, anchor: datetime, max_age_hours: float) -> datetime:
+    """By when the first scheduled run of a type after `anchor` should have happened.
+
+    The end of the first scheduled day after the anchor's day (in the host's local
+    time, as cron counts days) plus SLACK: daily the next day, weekly the first
+    Sunday, monthly the first 1st. Never later than the type's age limit after the
+    anchor, which is what a backup taken at the anchor would be held to.
+    """
+    local = anchor.astimezone()
+    day = local.date() + timedelta(days=1)
+    if backup_type == "weekly":
+        day += timedelta(days=(SCHEDULE_WEEKDAY - day.weekday()) % 7)
+    elif backup_type == "monthly" and day.day != SCHEDULE_MONTHDAY:
+        day = (day.replace(day=1) + timedelta(days=32)).replace(day=SCHEDULE_MONTHDAY)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=local.tzinfo) + SLACK
+    return min(end.astimezone(timezone.utc), anchor + timedelta(hours=max_age_hours))
+
+
 def parse_time(value) -> datetime | None:
     if not value:
         return None
@@ -122,11 +167,15 @@ def evaluate(
     state: dict,
     max_age_hours: float,
     now: datetime,
+    future=None,
+    due: datetime | None = None,
 ) -> dict:
     """One row: pure, so the rules are unit-tested without a store.
 
-    `newest` is the newest complete Entry (or None), `present` maps a store kind
-    to whether it holds that backup (None: not known), `state` the run state.
+    `newest` is the newest complete Entry (or None) not dated in the future,
+    `future` the newest future-dated one (or None), `present` maps a store kind
+    to whether it holds that backup (None: not known), `state` the run state,
+    `due` when the first backup of this type is due (None: already).
     """
     row = {
         "database": database,
@@ -145,6 +194,8 @@ def evaluate(
         "last_hint": "",
         "last_attempt_at": state.get("last_attempt_at", ""),
         "max_age_hours": max_age_hours,
+        "future": "",
+        "due_at": iso(due) if due else "",
     }
     created = None
     if newest is not None:
@@ -168,8 +219,20 @@ def evaluate(
             reason=f"last attempt failed at {iso(failure)}: "
             f"{state.get('last_error') or 'unknown error'}",
         )
+    elif future is not None:
+        ahead = human_age((future.name.created - now).total_seconds())
+        row.update(
+            state="FUTURE",
+            future=future.name.name,
+            reason=f"{future.name.name} is dated {ahead} in the future (clock skew?); "
+            "it would pass for the newest backup: fix the clock of the host that wrote it, "
+            "then move the file away",
+        )
+    elif newest is None and due is not None and now < due:
+        row.update(reason=f"no {backup_type} backup yet; the first is due by {iso(due)}")
     elif newest is None:
-        row.update(state="MISSING", reason=f"no complete {backup_type} backup")
+        since = f" (the first was due by {iso(due)})" if due else ""
+        row.update(state="MISSING", reason=f"no complete {backup_type} backup{since}")
     elif row["age_seconds"] > max_age_hours * 3600:
         row.update(
             state="STALE",
@@ -200,6 +263,8 @@ def report(
         except LifeboatError as exc:
             errors.append(str(exc))
     states = read_states(settings.backup_dir)
+    if labels is not None:  # configured databases: what a killed restore left on them
+        errors += interrupted_restores(settings)
     if labels is None:
         labels = sorted(
             {
@@ -219,13 +284,21 @@ def report(
             )
     kinds = [store.kind for store in stores]
     newest_of: dict[tuple[str, str], Entry] = {}  # one pass over every listing
+    future_of: dict[tuple[str, str], Entry] = {}  # dated past the clock: never "newest"
+    first_of: dict[str, datetime] = {}  # a database's oldest backup of any type
     for found in listed.values():
         for e in found.values():
             key = (e.name.label, e.name.type)
-            if key not in newest_of or e.name > newest_of[key].name:
-                newest_of[key] = e
+            into = future_of if e.name.created > now + FUTURE_SLACK else newest_of
+            if key not in into or e.name > into[key].name:
+                into[key] = e
+            if into is newest_of:
+                first_of[e.name.label] = min(first_of.get(e.name.label, now), e.name.created)
+    provisioned = provisioned_at(settings.backup_dir)
     rows = []
     for label in labels:
+        # Backups are expected from provisioning, or this database's first backup if later.
+        anchor = max(filter(None, [provisioned, first_of.get(label)]), default=None)
         for backup_type, hours in limits.items():
             newest = newest_of.get((label, backup_type))
             present = {}
@@ -246,9 +319,69 @@ def report(
                     states.get((label, backup_type), {}),
                     hours,
                     now,
+                    future_of.get((label, backup_type)),
+                    first_due(backup_type, anchor, hours) if anchor else None,
                 )
             )
+    if getattr(settings, "pitr", False):  # the cluster's WAL archive (pgBackRest)
+        rows.append(pitr_row(settings, labels, now))
     return summarize(rows, errors, host or socket.gethostname(), now)
+
+
+def pitr_row(settings, labels, now: datetime) -> dict:
+    """One row for point-in-time recovery: newest archived WAL (its age is the
+    recovery point), newest base backup, recoverable window; FAILED when archiving
+    is stale or failing (pitr/report.py)."""
+    from .conninfo import ConnInfo
+    from .pitr.report import report as pitr_report
+
+    if settings.targets and labels:
+        conn = settings.targets[0].conn
+    else:  # no database configured: the cluster's own socket, as this OS user
+        conn = ConnInfo.parse(
+            f"host={settings.pitr_pg_socket_dir} port={settings.pitr_pg_port} dbname=postgres"
+        )
+    found = pitr_report(settings, conn, now)
+    base = found.get("newest_base_backup")
+    age = found.get("wal_age_seconds")
+    reason = (
+        f"base backup {base['label']} ({base['type']}, {base['stopped']})" if base else "no base"
+    ) + f"; window {found.get('window_from') or '-'} .. {found.get('window_to') or '-'}"
+    if found["problems"]:
+        reason = "; ".join(found["problems"]) + "; " + reason
+    return {
+        "database": f"stanza {found['stanza']}",
+        "type": "pitr",
+        "state": found["state"],
+        "reason": reason,
+        "newest": found.get("last_archived_wal") or "",
+        "newest_at": found.get("last_archived_time") or "",
+        "age_seconds": int(age) if age is not None else None,
+        "age": human_age(age) if age is not None else "",
+        "size": None,
+        "pitr": found,
+    }
+
+
+def interrupted_restores(settings) -> list[str]:
+    """Per configured database with a restore journal: its state and what to run.
+
+    Connects only where a journal exists; repairs nothing (backup, restore and
+    verify do).
+    """
+    from .restore.journal import state  # the engine's restore package, on demand
+    from .store import LocalStore
+
+    lock_dir = LocalStore(settings.backup_dir).lock_dir()
+    found = []
+    for target in settings.targets:
+        try:
+            line = state(target.conn, lock_dir)
+        except (LifeboatError, OSError) as exc:
+            line = f"{target.label}: could not check for an interrupted restore: {exc}"
+        if line:
+            found.append(line)
+    return found
 
 
 def summarize(rows: list[dict], errors: list[str], host: str, now: datetime) -> dict:
@@ -303,7 +436,7 @@ def render(result: dict, show_host: bool = True) -> list[str]:
         cells = [row.get("host", "")] if show_host else []
         size = row.get("size")
         detail = ""
-        if row["state"] != "OK":
+        if row["state"] != "OK" or row.get("reason"):  # an OK row may say when one is due
             detail = row.get("reason", "")
             if row.get("last_hint"):
                 detail += f" -> {row['last_hint']}"

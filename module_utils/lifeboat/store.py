@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from . import manifest as manifests
-from . import naming
+from . import naming, storefs
 from .errors import DiskFull, StorageError
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+# lifeboat's own folders in a store root: never links (storefs.py).
+INTERNAL_DIRS = (".locks", ".state", ".restore", ".drill", ".verify")
 
 
 @dataclass(frozen=True)
@@ -61,17 +63,7 @@ def _fsync_dir(path: str) -> None:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    tmp = path + naming.PARTIAL_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
+    storefs.write_atomic(path, data, "manifest", FILE_MODE, path + naming.PARTIAL_SUFFIX)
 
 
 def _unlink(path: str) -> None:
@@ -93,7 +85,9 @@ class LocalUpload:
         self._fh: BinaryIO | None = None
 
     def open_file(self) -> BinaryIO:
-        fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        fd = storefs.open_file(
+            self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "backup file", FILE_MODE
+        )
         self._fh = os.fdopen(fd, "wb", buffering=1 << 20)
         return self._fh
 
@@ -109,12 +103,16 @@ class LocalUpload:
                 self._fh.close()
                 self._fh = None
             else:
-                os.chmod(self.partial, DIR_MODE)
+                # pg_dump made the folder; modes go through fds, never through a link.
+                storefs.ensure_dir(self.partial, "backup directory", DIR_MODE, fix_mode=True)
                 for name in os.listdir(self.partial):
                     path = os.path.join(self.partial, name)
-                    os.chmod(path, FILE_MODE)
-                    with open(path, "rb") as fh:
-                        os.fsync(fh.fileno())
+                    fd = storefs.open_file(path, os.O_RDONLY, "backup file")
+                    try:
+                        os.fchmod(fd, FILE_MODE)
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
             os.replace(self.partial, self.final)
             _write_atomic(self.final + naming.MANIFEST_SUFFIX, manifests.dumps(manifest))
             _fsync_dir(os.path.dirname(self.final))
@@ -149,15 +147,22 @@ class LocalStore:
         target = self.abspath(backup_type)
         try:
             os.makedirs(self.root, mode=DIR_MODE, exist_ok=True)
-            os.makedirs(target, mode=DIR_MODE, exist_ok=True)
-            os.chmod(target, DIR_MODE)
+            self.check_internal_dirs()
+            storefs.ensure_dir(target, "backup type directory", DIR_MODE, fix_mode=True)
             if not os.access(target, os.W_OK):
                 raise PermissionError(errno.EACCES, "Permission denied")
             probe = os.path.join(target, f".lifeboat-probe-{os.getpid()}")
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+            os.close(storefs.create_exclusive(probe, "probe file"))
             os.unlink(probe)
         except OSError as exc:
             raise _storage_error("write to backup directory", target, exc) from None
+
+    def check_internal_dirs(self) -> None:
+        """Refuse the store when one of lifeboat's own folders is a link (before any work)."""
+        for name in INTERNAL_DIRS:
+            storefs.check_not_link(self.abspath(name), "store directory")
+        for backup_type in naming.BACKUP_TYPES:
+            storefs.check_not_link(self.abspath(backup_type), "backup type directory")
 
     def lock_dir(self) -> str:
         return self.abspath(".locks")
@@ -183,6 +188,8 @@ class LocalStore:
             return entries
         for backup_type in naming.BACKUP_TYPES:
             folder = self.abspath(backup_type)
+            # A linked type folder would let retention delete in its target.
+            storefs.check_not_link(folder, "backup type directory")
             try:
                 names = set(os.listdir(folder))
             except FileNotFoundError:
@@ -209,8 +216,7 @@ class LocalStore:
     def read_manifest(self, entry: Entry) -> dict:
         path = entry.location + naming.MANIFEST_SUFFIX
         try:
-            with open(path, "rb") as fh:
-                return manifests.loads(fh.read(), path)
+            return manifests.loads(storefs.read(path, "manifest"), path)
         except OSError as exc:
             raise _storage_error("read manifest", path, exc) from None
 
@@ -219,10 +225,12 @@ class LocalStore:
 
     def delete(self, entry: Entry) -> None:
         # Manifest first: a half-deleted backup must not look complete.
+        # Never one a restore or drill is reading (storefs.Pin): BackupInUse.
         try:
-            _unlink(entry.location + naming.MANIFEST_SUFFIX)
-            _unlink(entry.location)
-            _unlink(entry.location + naming.GLOBALS_SUFFIX)
+            with storefs.exclusive(entry.location):
+                _unlink(entry.location + naming.MANIFEST_SUFFIX)
+                _unlink(entry.location)
+                _unlink(entry.location + naming.GLOBALS_SUFFIX)
         except OSError as exc:
             raise _storage_error("delete", entry.location, exc) from None
 
@@ -231,6 +239,8 @@ class LocalStore:
         removed = []
         for backup_type in naming.BACKUP_TYPES:
             folder = self.abspath(backup_type)
+            if os.path.islink(folder):
+                continue  # never unlink through a link (prepare refuses it)
             try:
                 names = os.listdir(folder)
             except OSError:

@@ -2,18 +2,21 @@
 
 Reads the file once: sha256 and size against the manifest, full
 decompression, the plain dump's header and completion trailer, and the row
-count of every COPY block against the manifest; `pg_restore --list` for
-custom and directory archives. Deep checks (a restore drill into a scratch
-database) live in drill.py; the drill and globals settings are checked here.
+count of every COPY block against the manifest; for custom and directory
+archives `pg_restore --list` and a full read through pg_restore (every data
+block decompressed, every table's rows counted). Deep checks (a restore
+drill into a scratch database) live in drill.py; the drill and globals
+settings are checked here.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 
-from . import compress, dump, encrypt, naming, pg
+from . import children, compress, dump, encrypt, manifest_key, naming, pg, sqlguard
 from . import manifest as manifests
 from .conninfo import ConnInfo
 from .errors import ConfigError, LifeboatError, VerificationFailed
@@ -27,6 +30,7 @@ class Report:
     ok: bool = True
     checks: list[str] = field(default_factory=list)
     manifest: dict | None = None
+    rows: dict[str, int] | None = None  # exact rows per table, read from the dump itself
 
     def as_dict(self) -> dict:
         return {"path": self.path, "ok": self.ok, "checks": self.checks}
@@ -64,17 +68,21 @@ def verify_file(
     bin_dir: str | None = None,
     progress=None,
     identity: str | None = None,
+    trust: manifest_key.Trust | None = None,
 ) -> Report:
     """Check one backup file (or directory archive); raise VerificationFailed on any fault.
 
     An age-encrypted backup is decrypted with `identity` (an age key file) for
     the content checks; without one only its size and sha256 are checked.
+    With `trust`, the manifest's MAC is checked first (manifest_key.py).
     """
     report = Report(path)
     if not os.path.exists(path):
         raise VerificationFailed(f"Backup {path} does not exist.", "Check the path.")
     manifest = manifest if manifest is not None else find_manifest(path)
     report.manifest = manifest
+    if manifest is not None and trust is not None:
+        report.checks.append(trust.check(manifest, path))
     if manifest is None:
         fmt, compression = detect(path)
         report.checks.append("no manifest: checksum and row counts not checked")
@@ -89,6 +97,7 @@ def verify_file(
         _verify_stream(path, fmt, compression, manifest, report, progress, identity)
     if fmt in ("custom", "directory"):
         _pg_restore_list(path, bin_dir, report)
+        _pg_restore_read(path, bin_dir, manifest, report)
     return report
 
 
@@ -114,7 +123,7 @@ def _match_manifest(path, tap, manifest, report) -> None:
 
 def _verify_stream(path, fmt, compression, manifest, report, progress, identity=None) -> None:
     codec = compression if fmt == "plain" else "none"
-    watch = dump.StreamWatch(fmt)
+    watch = dump.StreamWatch(fmt, guard=True)  # plain: what psql would run (sqlguard.py)
     encrypted = encrypt.method_of(manifest) is not None
     with open(path, "rb") as fh:
         tap = dump.HashingReader(fh)
@@ -125,8 +134,11 @@ def _verify_stream(path, fmt, compression, manifest, report, progress, identity=
                 watch.feed(chunk)
                 if progress:
                     progress(watch.size, tap.size)
+            watch.finish()
             if encrypted:
                 plain.finish()  # age's exit code: the whole stream authenticated
+        except sqlguard.Refused as exc:
+            raise sqlguard.refused(path, exc) from None
         except VerificationFailed:
             if encrypted and manifest is not None:
                 # A damaged file fails decryption: say so by its checksum when it differs.
@@ -152,7 +164,9 @@ def _verify_stream(path, fmt, compression, manifest, report, progress, identity=
     if fault:
         raise _fail(path, fault)
     if fmt == "plain":
+        report.rows = watch.rows
         report.checks.append("dump header and completion trailer present")
+        report.checks.append("no psql meta-command or COPY that pg_dump does not write")
         if manifest is not None and manifest.get("rows_exact"):
             if watch.rows != manifest.get("tables"):
                 raise _fail(path, "row counts in the dump differ from the manifest's")
@@ -171,11 +185,60 @@ def _verify_directory(path, manifest, report) -> None:
 
 def _pg_restore_list(path, bin_dir, report) -> None:
     pg_restore = pg.find_tool("pg_restore", bin_dir)
-    proc = subprocess.run([pg_restore, "--list", path], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [pg_restore, "--list", path],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=children.environment(),
+    )
     if proc.returncode != 0:
         raise _fail(path, f"pg_restore --list failed: {proc.stderr.strip()}")
     entries = sum(1 for line in proc.stdout.splitlines() if line and not line.startswith(";"))
     report.checks.append(f"pg_restore --list reads {entries} entries")
+
+
+def _pg_restore_read(path, bin_dir, manifest, report) -> None:
+    """Read the whole archive as a restore would: every data block decompressed.
+
+    `pg_restore --list` reads only the table of contents; a flipped byte in a
+    table's data shows only when that block is decompressed. The SQL script
+    pg_restore writes goes through the same watcher as a plain dump: header,
+    completion trailer, and the exact rows of every table's COPY block.
+    """
+    pg_restore = pg.find_tool("pg_restore", bin_dir)
+    watch = dump.StreamWatch("plain")
+    with tempfile.TemporaryFile() as errfile:
+        proc = subprocess.Popen(
+            [pg_restore, "--file=-", path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errfile,
+            env=children.environment(),
+        )
+        try:
+            while chunk := proc.stdout.read(dump.CHUNK):
+                watch.feed(chunk)
+            returncode = proc.wait()
+        finally:
+            proc.stdout.close()
+            dump._kill(proc)
+        errfile.seek(0)
+        stderr = " ".join(errfile.read().decode("utf-8", "replace").split())
+    if returncode != 0:
+        raise _fail(path, f"pg_restore cannot read the whole archive: {stderr[-500:]}")
+    fault = watch.fault()
+    if fault:
+        raise _fail(path, f"read through pg_restore, {fault}")
+    report.rows = watch.rows
+    if manifest is not None and manifest.get("rows_exact"):
+        if report.rows != manifest.get("tables"):
+            raise _fail(path, "row counts in the dump differ from the manifest's")
+        report.checks.append(f"row counts of {len(report.rows)} tables match the manifest")
+    report.checks.append(
+        f"pg_restore read every data block: {len(report.rows)} tables, "
+        f"{sum(report.rows.values())} rows"
+    )
 
 
 # --------------------------------------------------------------------------- drill settings
@@ -221,7 +284,7 @@ def check_config(merged: dict) -> dict:
     """Validate the drill and globals settings; returns Settings fields."""
     server = merged.get("drill_server") or None
     if server:
-        ConnInfo.from_url(server)  # fails early with the URL format in the hint
+        ConnInfo.parse(server)  # fails early, with the connection forms in the hint
     return {
         "verify_queries": _queries(merged.get("verify_queries")),
         "drill_server": server,

@@ -45,7 +45,8 @@ def wait_for(predicate, timeout: float = 30.0):
 
 
 def test_sigkill_mid_restore_then_next_drill_cleans_up(app_db, backup_dir, lifeboat_env):
-    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
+    # jobs=1: the psql load, whose psql this test catches
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_JOBS="1")
     app_db.sql(SLOW)
     run_cli(["backup"], env, check=True)
     slow(app_db, True)
@@ -86,11 +87,14 @@ def test_sigkill_mid_restore_then_next_drill_cleans_up(app_db, backup_dir, lifeb
 
 def test_cleanup_leaves_a_running_drills_scratch_alone(app_db, backup_dir, lifeboat_env):
     """Two drills on one server: the second must not drop the first one's scratch."""
-    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
+    # jobs=1: the psql load, whose psql this test catches
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_JOBS="1")
     app_db.sql(SLOW)
     run_cli(["backup"], env, check=True)
     slow(app_db, True)
     other_dir = backup_dir.parent / "other"
+    # Another host's drill (own store, own lock) will run its cleanup on the same server.
+    run_cli(["backup"], dict(env, LIFEBOAT_BACKUP_DIR=str(other_dir)), check=True)
     first = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "lifeboat"), "verify", "--latest", "--deep"],
         env=env,
@@ -98,26 +102,34 @@ def test_cleanup_leaves_a_running_drills_scratch_alone(app_db, backup_dir, lifeb
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,  # its own process group: paused and resumed as a whole
+    )
+    pattern = f"{app_db.name}\\_\\_lifeboat\\_drill\\_%"
+    loading = (
+        "SELECT datname FROM pg_stat_activity WHERE datname LIKE "
+        f"'{pattern}' AND query LIKE 'COPY%'"
     )
     try:
-        pattern = f"{app_db.name}\\_\\_lifeboat\\_drill\\_%"
-        wait_for(
-            lambda: app_db.cluster.psql(
-                f"SELECT datname FROM pg_stat_activity WHERE datname LIKE '{pattern}'"
-            )
-        )
-        # Another host's drill (own store, own lock) runs its cleanup on the same server.
-        run_cli(["backup"], dict(env, LIFEBOAT_BACKUP_DIR=str(other_dir)), check=True)
+        scratch = wait_for(lambda: app_db.cluster.psql(loading))
+        # Frozen mid-restore (drill and psql): it cannot finish before the second
+        # drill's cleanup, whatever the machine's speed.
+        os.killpg(first.pid, signal.SIGSTOP)
         slow(app_db, False)
-        time.sleep(1.1)  # scratch names carry the second
+        started = int(scratch.rsplit("_", 1)[1])  # scratch names carry the second
+        wait_for(lambda: int(time.strftime("%Y%m%d%H%M%S", time.gmtime())) > started)
         second = run_cli(
             ["verify", "--latest", "--deep"], dict(env, LIFEBOAT_BACKUP_DIR=str(other_dir))
         )
         assert second.returncode == 0, second.stdout + second.stderr
         assert "interrupted drill" not in second.stdout
+        # The first drill was still mid-restore all along: its scratch and load are there.
+        assert first.poll() is None
+        assert app_db.cluster.psql(loading) == scratch
+        os.killpg(first.pid, signal.SIGCONT)
         out, err = first.communicate(timeout=60)
     finally:
         if first.poll() is None:
-            first.kill()
+            os.killpg(first.pid, signal.SIGKILL)
             first.wait()
     assert first.returncode == 0, out + err
+    assert "interrupted drill" not in out

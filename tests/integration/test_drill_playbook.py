@@ -54,5 +54,5 @@ def test_playbook_drills_checks_and_reports(app_db, pg, backup_dir, lifeboat_env
     assert "(cheap)" in proc.stdout and "size and sha256 match the manifest" in proc.stdout
 
     encoded = app_db.url.split(":")[2].split("@")[0]
-    for out in (proc.stdout + proc.stderr,):
-        assert OWNER_PASSWORD not in out and encoded not in out
+    out = proc.stdout + proc.stderr
+    assert OWNER_PASSWORD not in out and encoded not in out

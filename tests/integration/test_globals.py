@@ -115,9 +115,12 @@ def test_applying_globals_as_a_non_superuser_fails_clearly(app_db, backup_dir, l
 def test_backup_without_globals_refuses_with_globals(app_db, backup_dir, lifeboat_env):
     env = dict(lifeboat_env, DATABASE_URL=app_db.url)
     run_cli(["backup"], env, check=True)
+    app_db.sql("DELETE FROM plots WHERE id < 10")
+    before = fingerprint(app_db)
     proc = run_cli(["restore", "--latest", "--confirm", "--with-globals"], env)
     assert proc.returncode == 1 and "has no cluster globals file" in proc.stdout
     assert "lifeboat_globals: true" in proc.stdout
+    assert fingerprint(app_db) == before  # refused: nothing restored over it
 
 
 def test_drill_on_a_drill_server_leaves_production_alone(

@@ -130,7 +130,7 @@ def test_restore_without_confirm_changes_nothing(app_db, backup_dir, lifeboat_en
     app_db.sql("DELETE FROM plots")
     before = fingerprint(app_db)
     proc = run_cli(["restore", "--latest"], env)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a usage error, like the others
     assert "--confirm" in proc.stderr and "needs confirmation" in proc.stderr
     assert fingerprint(app_db) == before
     assert not (backup_dir / "pre-restore").exists()
@@ -265,7 +265,9 @@ def test_target_db_leaves_the_original_alone(app_db, pg, backup_dir, lifeboat_en
         copy = type(app_db)(test_db, app_db.url_for(test_db), pg)
         assert fingerprint(copy) == expected
     assert fingerprint(app_db) == changed
-    assert backups(backup_dir, "pre-restore") == []
+    # The second run replaced an existing database: it took a safety copy of it.
+    [pre] = backups(backup_dir, "pre-restore")
+    assert pre.name.startswith(f"{test_db}-pre-restore-")
     assert (
         pg.psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{test_db}'")
         == OWNER
@@ -375,14 +377,17 @@ def _wait_for_child(parent: int, name: str, timeout: float = 30.0) -> int:
 
 
 def _big(pg):
+    # The kill windows are held open by SIGSTOPping psql as soon as it starts; the
+    # rows only need to outlast that (a few ms), not the whole test.
     db = make_db(pg)
-    db.sql("CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 300000) g")
+    db.sql("CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 50000) g")
     return db
 
 
 def test_sigkill_mid_restore_leaves_original_and_next_restore_works(pg, backup_dir, lifeboat_env):
     db = _big(pg)
-    env = dict(lifeboat_env, DATABASE_URL=db.url)
+    # jobs=1: the psql load, whose psql this test catches
+    env = dict(lifeboat_env, DATABASE_URL=db.url, LIFEBOAT_JOBS="1")
     run_cli(["backup"], env, check=True)
     expected = fingerprint(db)
     db.sql("DELETE FROM big WHERE g % 2 = 0")
@@ -418,7 +423,8 @@ def test_server_stopped_mid_restore_leaves_original(pg_tmp, backup_dir, lifeboat
         secret = OWNER_PASSWORD.replace("'", "''")
         cluster.psql(f"CREATE ROLE {OWNER} LOGIN CREATEDB PASSWORD '{secret}'")
         db = _big(cluster)
-        env = dict(lifeboat_env, DATABASE_URL=db.url)
+        # jobs=1: the psql load, whose psql this test catches
+        env = dict(lifeboat_env, DATABASE_URL=db.url, LIFEBOAT_JOBS="1")
         run_cli(["backup"], env, check=True)
         expected = fingerprint(db)
         db.sql("DELETE FROM big WHERE g % 3 = 0")
@@ -463,8 +469,13 @@ def test_interrupted_swap_is_repaired_by_the_next_restore(app_db, pg, backup_dir
     aside = f"{app_db.name}__lifeboat_replaced_20250101000000"
     pg.psql(f'ALTER DATABASE "{app_db.name}" WITH ALLOW_CONNECTIONS false')
     pg.psql(f'ALTER DATABASE "{app_db.name}" RENAME TO "{aside}"')
+    from lifeboat.conninfo import ConnInfo
+    from lifeboat.restore.journal import journal_path
+
     locks = backup_dir / ".locks"
-    (locks / f"{app_db.name}.restore.json").write_text(
+    locks.mkdir(mode=0o700, exist_ok=True)
+    # Journals are named after the database's identity (server and name), not its label.
+    Path(journal_path(str(locks), ConnInfo.from_url(app_db.url))).write_text(
         json.dumps({"database": app_db.name, "allow_connections": True})
     )
     proc = run_cli(["restore", "--latest", "--confirm", "--dry-run"], env)
@@ -483,7 +494,9 @@ def test_lock_keeps_backup_and_restore_apart(app_db, backup_dir, lifeboat_env):
     env = dict(lifeboat_env, DATABASE_URL=app_db.url)
     run_cli(["backup"], env, check=True)
     before = fingerprint(app_db)
-    with lock.hold(str(backup_dir / ".locks"), app_db.name):
+    from lifeboat.conninfo import ConnInfo
+
+    with lock.hold_database(str(backup_dir / ".locks"), ConnInfo.from_url(app_db.url)):
         proc = run_cli(["restore", "--latest", "--confirm"], env)
     assert proc.returncode == 1 and "in progress" in proc.stdout
     assert fingerprint(app_db) == before
@@ -533,7 +546,8 @@ def test_undo_a_restore_with_the_pre_restore_backup(app_db, backup_dir, lifeboat
 
 
 def test_password_never_in_any_argv_during_restore(app_db, backup_dir, lifeboat_env):
-    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
+    # jobs=1: the psql load, whose psql this test catches
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_JOBS="1")
     run_cli(["backup"], env, check=True)
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/lifeboat"), "restore", "--latest", "--confirm"],

@@ -29,6 +29,9 @@ def run_backup(url: str, backup_dir, label: str, backup_type="daily", ago=None):
 
 
 def test_cli_status_reports_each_type_and_exits_non_zero(app_db, backup_dir, lifeboat_env):
+    # Backed up for 40 days (the oldest backup is the anchor without a provisioning
+    # stamp), so the first monthly backup was due long ago whatever today's date.
+    run_backup(app_db.url, backup_dir, app_db.name, "pre-restore", ago=timedelta(days=40))
     run_backup(app_db.url, backup_dir, app_db.name)
     run_backup(app_db.url, backup_dir, app_db.name, "weekly", ago=timedelta(days=9))
     env = dict(lifeboat_env, DATABASE_URL=app_db.url)
@@ -46,7 +49,7 @@ def test_cli_status_reports_each_type_and_exits_non_zero(app_db, backup_dir, lif
     [daily] = [r for r in report["rows"] if r["type"] == "daily"]
     assert daily["local"] is True and daily["s3"] is None and daily["size"] > 0
     assert daily["newest"].startswith(f"{app_db.name}-daily-backup-")
-    assert report["counts"] == {"OK": 1, "STALE": 1, "FAILED": 0, "MISSING": 1}
+    assert report["counts"] == {"OK": 1, "STALE": 1, "FAILED": 0, "MISSING": 1, "FUTURE": 0}
 
     # Only daily checked: all OK, exit 0. No credentials needed: the store names the databases.
     env = lifeboat_env
@@ -140,6 +143,6 @@ def test_status_shows_local_and_s3_presence(app_db, backup_dir, s3, lifeboat_env
 
     # S3 unreachable: the local view stays, and the report is not OK.
     env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:1"
-    proc = run_cli(["status", "--json"], dict(env, AWS_MAX_ATTEMPTS="1"))
+    proc = run_cli(["status", "--json"], dict(env, LIFEBOAT_S3_MAX_ATTEMPTS="1"))
     report = json.loads(proc.stdout)
     assert proc.returncode == 1 and report["errors"] and report["rows"][0]["s3"] is None

@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, shared_backup
 
 REAL_PG_DUMP = "/usr/lib/postgresql/15/bin/pg_dump"
 
 
+@pytest.fixture(scope="module")
+def shared(pg, tmp_path_factory):
+    """One database and one backup of it for the whole module: these tests only read
+    the database, and each gets its own copy of the store to damage (good_backup)."""
+    return shared_backup(pg, tmp_path_factory.mktemp("shared"))
+
+
 @pytest.fixture
-def good_backup(app_db, backup_dir, lifeboat_env) -> tuple[Path, dict]:
-    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
-    run_cli(["backup"], env, check=True)
+def app_db(shared):
+    return shared[0]
+
+
+@pytest.fixture
+def good_backup(shared, backup_dir, lifeboat_env) -> tuple[Path, dict]:
+    db, store = shared
+    shutil.copytree(store, backup_dir)
     [dump] = (backup_dir / "daily").glob("*.sql.gz")
-    return dump, env
+    return dump, dict(lifeboat_env, DATABASE_URL=db.url)
 
 
 def test_good_backup_verifies(good_backup):

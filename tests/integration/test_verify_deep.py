@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import OWNER_PASSWORD, fingerprint, run_cli
+from conftest import OWNER_PASSWORD, fingerprint, run_cli, shared_backup
 
 DRILL_DBS = "SELECT datname FROM pg_database WHERE datname LIKE '%\\_\\_lifeboat\\_drill\\_%'"
 
 
+@pytest.fixture(scope="module")
+def shared(pg, tmp_path_factory):
+    """One database and one backup of it for the whole module: drills only read the
+    database, and each test gets its own copy of the store to damage (drill)."""
+    return shared_backup(pg, tmp_path_factory.mktemp("shared"))
+
+
 @pytest.fixture
-def drill(app_db, backup_dir, lifeboat_env) -> tuple[Path, dict]:
-    """A fresh daily backup of app_db and the environment to drill it."""
-    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
-    run_cli(["backup"], env, check=True)
+def app_db(shared):
+    return shared[0]
+
+
+@pytest.fixture
+def drill(shared, backup_dir, lifeboat_env) -> tuple[Path, dict]:
+    """A daily backup of app_db (a copy of the module's) and the environment to drill it."""
+    db, store = shared
+    shutil.copytree(store, backup_dir)
     [dump] = (backup_dir / "daily").glob("*.sql.gz")
-    return dump, env
+    return dump, dict(lifeboat_env, DATABASE_URL=db.url)
 
 
 def scratch_dbs(app_db) -> list[str]:
@@ -167,13 +180,17 @@ def test_usage_errors_exit_2_with_a_hint(drill):
     proc = run_cli(["verify", str(dump), "--latest", "--deep"], env)
     assert proc.returncode == 2 and "not both" in proc.stderr
     config = dump.parent.parent / "bad.yml"
-    config.write_text("verify_queries: 42\nglobals: maybe\n")
+    config.write_text("verify_queries: 42\n")
     proc = run_cli(["verify", "--latest", "--deep"], dict(env, LIFEBOAT_CONFIG=str(config)))
     assert proc.returncode == 2 and "verify_queries has the wrong shape" in proc.stderr
     assert "SELECT count(*) > 0 FROM users" in proc.stderr  # the hint shows the shape
     config.write_text("globals: maybe\n")
     proc = run_cli(["backup"], dict(env, LIFEBOAT_CONFIG=str(config)))
-    assert proc.returncode == 2 and "globals must be true or false" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "Failed to read globals" in proc.stderr
+        and "true or false, got 'maybe'" in proc.stderr
+    )
 
 
 def test_no_backup_yet_fails_clearly(app_db, lifeboat_env):

@@ -1,4 +1,7 @@
-"""Each module documents exactly the options it accepts (fragments included)."""
+"""Each module documents exactly the options it accepts (fragments included).
+
+Covers library/ and the modules roles carry in roles/*/library/.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,11 @@ import ansible.module_utils
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = sorted(p.stem for p in (ROOT / "library").glob("lifeboat_*.py"))
+MODULE_FILES = sorted(
+    [*(ROOT / "library").glob("lifeboat_*.py"), *(ROOT / "roles").glob("*/library/*.py")]
+)
+MODULES = [p.stem for p in MODULE_FILES]
+PATHS = {p.stem: p for p in MODULE_FILES}
 # Let `from ansible.module_utils.lifeboat import ...` resolve as AnsiballZ makes it.
 ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
 
@@ -22,7 +29,7 @@ class _Captured(Exception):
 
 
 def argument_spec(name: str) -> dict:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "library" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, PATHS[name])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     captured = {}
@@ -39,7 +46,8 @@ def argument_spec(name: str) -> dict:
 
 def documented(name: str) -> set[str]:
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-doc"), "-M", "library", "--json", name],
+        [str(Path(sys.executable).parent / "ansible-doc"), "-M", str(PATHS[name].parent),
+         "--json", name],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
     return set(json.loads(out.stdout)[name]["doc"]["options"])
@@ -48,3 +56,7 @@ def documented(name: str) -> set[str]:
 @pytest.mark.parametrize("name", MODULES)
 def test_documented_options_match_the_argument_spec(name):
     assert documented(name) == set(argument_spec(name))
+
+
+def test_role_embedded_modules_are_covered():
+    assert "postgresql_server_major" in MODULES

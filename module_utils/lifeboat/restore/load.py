@@ -7,13 +7,16 @@ import ctypes
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .. import (
+    children,
     compress,
     dump,
     encrypt,
     pg,
+    sqlguard,
     verify,
 )
 from ..conninfo import ConnInfo, client_env, redact
@@ -24,6 +27,7 @@ from ..errors import (
     VerificationFailed,
 )
 from ..settings import Settings
+from . import parallel
 from .source import Source
 
 
@@ -42,13 +46,89 @@ class Loaded:
 def load(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
     """Restore the source into the (empty) database of `conn`."""
     if source.fmt == "plain":
-        return load_plain(source, conn, settings.pg_bin_dir, settings.encrypt_identity_file)
+        return load_plain(
+            source, conn, settings.pg_bin_dir, settings.encrypt_identity_file, settings.jobs
+        )
     return load_archive(source, conn, settings)
 
 
 def load_plain(
-    source: Source, conn: ConnInfo, bin_dir: str | None, identity: str | None = None
+    source: Source,
+    conn: ConnInfo,
+    bin_dir: str | None,
+    identity: str | None = None,
+    jobs: int = 1,
 ) -> Loaded:
+    """A plain dump through psql (jobs=1) or over `jobs` connections (parallel.py)."""
+    watch = dump.StreamWatch("plain", guard=True, marks=jobs > 1)
+    stream = read_plain(source, identity, watch)
+    try:
+        if jobs > 1:
+            load_parallel(stream, watch.counter, conn, jobs)
+        else:
+            load_psql(stream, conn, bin_dir)
+    finally:
+        stream.close()
+    return Loaded(rows=watch.rows)
+
+
+def read_plain(source: Source, identity: str | None, watch: dump.StreamWatch) -> Iterator[bytes]:
+    """The dump's SQL, decrypted and decompressed, in pieces the guard has cleared.
+
+    Nothing is yielded that the guard (sqlguard.py) has not checked: whole lines
+    only, so no connection ever holds a line the guard has not seen. After the
+    last piece, before the generator ends, the sha256 of the file and the
+    dump's trailer are checked: a consumer commits only once it is exhausted."""
+    guard = watch.counter
+    with open(source.path, "rb") as raw:
+        tap = dump.HashingReader(raw)
+        plain = None
+        try:
+            pending, written = b"", 0
+            try:
+                if source.encrypted:  # age -d -i IDENTITY, checked to its authenticated end
+                    plain = encrypt.Decryptor(
+                        tap, encrypt.check_identity_file(identity, source.location), source.location
+                    )
+                reader = compress.decompressor(plain or tap, source.compression)
+                while chunk := reader.read(dump.CHUNK):
+                    watch.feed(chunk)
+                    pending = pending + chunk if pending else chunk
+                    if guard.cleared > written:
+                        out = pending[: guard.cleared - written]
+                        pending = pending[guard.cleared - written :]
+                        written = guard.cleared
+                        yield out
+                if plain is not None:
+                    plain.finish()
+                watch.finish()
+            except sqlguard.Refused as exc:
+                raise sqlguard.refused(source.location, exc) from None
+            except (OSError, EOFError, ValueError) as exc:
+                raise VerificationFailed(
+                    f"Backup {source.location} is corrupt or truncated ({exc}).", verify.REMEDY
+                ) from None
+            if pending:
+                yield pending
+            sha = tap.sha256.hexdigest()
+            if source.manifest is not None and sha != source.manifest["sha256"]:
+                raise VerificationFailed(
+                    f"Backup {source.location} changed while it was "
+                    "restored: sha256 no longer matches the manifest.",
+                    verify.REMEDY,
+                )
+            fault = watch.fault()
+            if fault:
+                raise VerificationFailed(
+                    f"Backup {source.location} cannot be restored: {fault}.", verify.REMEDY
+                )
+        finally:
+            if plain is not None:
+                plain.close()
+
+
+def load_psql(stream: Iterator[bytes], conn: ConnInfo, bin_dir: str | None) -> None:
+    """One connection: psql --single-transaction, committed when the stream has checked out."""
     psql = pg.find_tool("psql", bin_dir)
     argv = [
         psql,
@@ -58,60 +138,29 @@ def load_plain(
         "-v",
         "ON_ERROR_STOP=1",
         "--single-transaction",
-        f"--dbname={conn.url()}",
+        f"--dbname={conn.conninfo()}",
         "-f",
         "-",
     ]
-    watch = dump.StreamWatch("plain")
-    with (
-        client_env(conn) as env,
-        tempfile.TemporaryFile() as errfile,
-        open(source.path, "rb") as raw,
-    ):
+    with client_env(conn) as child, tempfile.TemporaryFile() as errfile:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=errfile,
-            env=env,
             preexec_fn=die_with_parent,
+            **child,
         )
         dump._grow_pipe(proc.stdin)
         broken = False
-        plain = None
         try:
-            tap = dump.HashingReader(raw)
-            if source.encrypted:  # age -d -i IDENTITY, checked to its authenticated end
-                plain = encrypt.Decryptor(
-                    tap, encrypt.check_identity_file(identity, source.location), source.location
-                )
-            reader = compress.decompressor(plain or tap, source.compression)
             try:
-                while chunk := reader.read(dump.CHUNK):
-                    watch.feed(chunk)
-                    proc.stdin.write(chunk)
-                if plain is not None:
-                    plain.finish()
+                for data in stream:
+                    proc.stdin.write(data)
             except BrokenPipeError:
-                broken = True
-            except (OSError, EOFError, ValueError) as exc:
-                raise VerificationFailed(
-                    f"Backup {source.location} is corrupt or truncated ({exc}).", verify.REMEDY
-                ) from None
+                broken = True  # psql stopped: its error follows
             if not broken:
-                # Check before psql commits: closing stdin ends the transaction.
-                sha = tap.sha256.hexdigest()
-                if source.manifest is not None and sha != source.manifest["sha256"]:
-                    raise VerificationFailed(
-                        f"Backup {source.location} changed while it was "
-                        "restored: sha256 no longer matches the manifest.",
-                        verify.REMEDY,
-                    )
-                fault = watch.fault()
-                if fault:
-                    raise VerificationFailed(
-                        f"Backup {source.location} cannot be restored: {fault}.", verify.REMEDY
-                    )
+                # Only now, the stream checked, may psql commit: closing stdin ends it.
                 with contextlib.suppress(BrokenPipeError):
                     proc.stdin.close()
             returncode = proc.wait()
@@ -121,38 +170,83 @@ def load_plain(
         finally:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
-            if plain is not None:
-                plain.close()
         errfile.seek(0)
         stderr = redact(errfile.read().decode("utf-8", "replace"), conn.password)
     if returncode != 0 or broken:
         raise load_error("psql", returncode, stderr, conn)
-    return Loaded(rows=watch.rows)
+
+
+def load_parallel(stream: Iterator[bytes], guard, conn: ConnInfo, jobs: int) -> None:
+    """`jobs` worker connections plus a main one (parallel.py); any failure stops them all."""
+    psycopg = psycopg_module()
+    main = pg.connect(conn)
+    main.autocommit = False
+    pool = None
+    try:
+        pool = parallel.Pool(lambda: pg.connect(conn), jobs)
+        splitter = parallel.Splitter(guard, main, pool)
+        for data in stream:
+            splitter.feed(data)
+        splitter.finish()
+        main.commit()  # the last commit: the stream has checked out
+    except BaseException as exc:
+        first = pool.error if pool is not None else None
+        if pool is not None and first is None:
+            pool.fail(exc)  # stop the workers too
+        first = first or exc
+        if isinstance(first, psycopg.Error):
+            raise connection_error(first, conn) from None
+        if isinstance(exc, (parallel.Stop, psycopg.Error)) and first is not exc:
+            raise first from None
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
+        with contextlib.suppress(Exception):
+            main.close()
+
+
+def psycopg_module():
+    import psycopg
+
+    return psycopg
+
+
+def connection_error(exc, conn: ConnInfo) -> LifeboatError:
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) or str(exc)
+    detail = getattr(diag, "message_detail", None)
+    text = f"ERROR:  {primary}" + (f" DETAIL: {detail}" if detail else "")
+    return load_error("the parallel load", None, redact(text, conn.password), conn)
 
 
 def load_archive(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
     pg_restore = pg.find_tool("pg_restore", settings.pg_bin_dir)
     listing = subprocess.run(
-        [pg_restore, "--list", source.path], capture_output=True, text=True, check=False
+        [pg_restore, "--list", source.path],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=children.environment(),
     )
     data_tables = sum(
         1
         for line in listing.stdout.splitlines()
         if not line.startswith(";") and " TABLE DATA " in line
     )
-    argv = [pg_restore, "--no-password", "--exit-on-error", f"--dbname={conn.url()}"]
+    argv = [pg_restore, "--no-password", "--exit-on-error", f"--dbname={conn.conninfo()}"]
     jobs = max(1, settings.jobs)
     argv += [f"--jobs={jobs}"] if jobs > 1 else ["--single-transaction"]
     argv.append(source.path)
-    with client_env(conn) as env:
+    with client_env(conn) as child:
         proc = subprocess.run(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=env,
             check=False,
             preexec_fn=die_with_parent,
+            **child,
         )
     stderr = redact(proc.stderr.decode("utf-8", "replace"), conn.password)
     if proc.returncode != 0:
@@ -160,9 +254,9 @@ def load_archive(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
     return Loaded(data_tables=data_tables)
 
 
-def load_error(tool: str, returncode: int, stderr: str, conn: ConnInfo) -> LifeboatError:
+def load_error(tool: str, returncode: int | None, stderr: str, conn: ConnInfo) -> LifeboatError:
     text = " ".join(stderr.split())[-2000:]
-    if returncode < 0:
+    if returncode is not None and returncode < 0:
         return RestoreFailed(
             f"{tool} was killed by signal {-returncode} while restoring.",
             "The original database is untouched. Run the restore again.",
@@ -185,7 +279,8 @@ def load_error(tool: str, returncode: int, stderr: str, conn: ConnInfo) -> Lifeb
     if explained is not None:
         explained.hint += " The original database is untouched."
         return explained
+    exit = f" (exit {returncode})" if returncode is not None else ""
     return RestoreFailed(
-        f"{tool} failed (exit {returncode}): {text}",
+        f"{tool} failed{exit}: {text}",
         "The original database is untouched. Fix the cause above and run the restore again.",
     )

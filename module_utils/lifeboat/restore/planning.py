@@ -30,16 +30,23 @@ def plan(settings: Settings, request: Request, now: datetime | None = None) -> l
         name = request.target_db or target.conn.dbname
         item = {"database": name, "ok": True, "error": "", "hint": ""}
         try:
-            source = resolve_source(settings, target, request)
-            item["source"] = source.describe(now)
-            check_decryptable(source, settings)
-            if source.path:
-                report = check_source(
-                    source, settings.pg_bin_dir, identity=settings.encrypt_identity_file
-                )
-                item["checks"] = report.checks
+            if request.time:  # pgBackRest: base backup, WAL range, space (pitr/planning.py)
+                from ..pitr import planning as pitr_planning
+
+                item["pitr"] = pitr_planning.plan(settings, target, request, now)
+                item["warnings"], item["checks"] = [], []
             else:
-                item["checks"] = ["remote backup: checked after download"]
+                source = resolve_source(settings, target, request, now)
+                item["warnings"] = source.warnings
+                item["source"] = source.describe(now)
+                check_decryptable(source, settings)
+                if source.path:
+                    report = check_source(
+                        source, settings.pg_bin_dir, identity=settings.encrypt_identity_file
+                    )
+                    item["checks"] = report.checks
+                else:
+                    item["checks"] = ["remote backup: checked after download"]
             conn = target.conn.with_dbname(name)
             with admin(conn, {name}) as db:
                 info = db_info(db, name)
@@ -53,10 +60,10 @@ def plan(settings: Settings, request: Request, now: datetime | None = None) -> l
             item["scratch"] = scratch_name(name, now)
             item["keep_replaced_as"] = replaced_name(name, now) if request.keep_replaced else ""
             pre = ""
-            if info and name == target.conn.dbname and not request.skip_pre_backup:
+            if info and not request.skip_pre_backup:  # an existing --target-db too
                 bname = store.unique_name(
                     naming.build(
-                        target.label,
+                        target.label if name == target.conn.dbname else naming.safe_label(name),
                         "pre-restore",
                         now,
                         naming.extension(
@@ -78,14 +85,20 @@ def describe_plan(item: dict) -> list[str]:
     """The plan of one database as lines for people."""
     if not item["ok"]:
         return [f"{item['database']}: cannot restore: {item['error']} {item['hint']}".strip()]
-    src = item["source"]
-    lines = [
-        f"{item['database']}: would restore {src['location']}",
-        f"  backup: {src['format']}/{src['compression']}, "
-        f"{units.human_size(src['size'])}, taken {src['created']} ({src['age']} ago), "
-        + ("manifest sha256 " + src["sha256"][:12] if src["manifest"] else "no manifest"),
-    ]
+    if "pitr" in item:
+        from ..pitr.planning import describe_plan as pitr_lines
+
+        lines = pitr_lines(item)
+    else:
+        src = item["source"]
+        lines = [
+            f"{item['database']}: would restore {src['location']}",
+            f"  backup: {src['format']}/{src['compression']}, "
+            f"{units.human_size(src['size'])}, taken {src['created']} ({src['age']} ago), "
+            + ("manifest sha256 " + src["sha256"][:12] if src["manifest"] else "no manifest"),
+        ]
     lines += [f"  check: {c}" for c in item["checks"]]
+    lines += [f"  warning: {w}" for w in item.get("warnings", [])]
     if item["exists"]:
         lines.append(
             f"  would replace: {item['replaces']}"

@@ -1,10 +1,12 @@
-"""Step 3: the scratch database, created like the original."""
+"""Step 3: the scratch database, created like the original (live, or from the manifest)."""
 
 from __future__ import annotations
 
 from ..conninfo import ConnInfo
-from .database import DbInfo, ident, psycopg_lib, run_sql, sql_lib
+from ..dbprops import PUBLIC_DEFAULT, DbProps, Setting
+from .database import ident, psycopg_lib, run_sql, sql_lib
 
+DATABASE_PRIVILEGES = ("CONNECT", "CREATE", "TEMPORARY")
 LIST_GUCS = {
     "search_path",
     "temp_tablespaces",
@@ -33,86 +35,142 @@ def list_value(value: str) -> str:
     )
 
 
-def create_like(db, new: str, like: DbInfo | None, conn: ConnInfo) -> list[str]:
-    """CREATE DATABASE `new` mirroring `like` (owner, locale, settings, grants)."""
+def create_like(
+    db, new: str, like: DbProps | None, conn: ConnInfo, final: str | None = None
+) -> list[str]:
+    """CREATE DATABASE `new` with the properties `like` (read live or from a manifest).
+
+    `final` is the name the database will have after the swap: warnings name it
+    in the statement a superuser can run later. Owner, encoding and locale are
+    part of CREATE DATABASE and must succeed; settings, the comment and grants
+    the restoring role cannot reapply become warnings and never stop a restore.
+    """
     sql = sql_lib()
-    warnings = []
-    if like is None:
-        statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident(new))
-    else:
-        parts = [
-            sql.SQL(
-                "CREATE DATABASE {} WITH OWNER {} TEMPLATE template0 ENCODING {} "
-                "LC_COLLATE {} LC_CTYPE {}"
-            ).format(
-                ident(new),
-                ident(like.owner),
-                sql.Literal(like.encoding),
-                sql.Literal(like.collate),
-                sql.Literal(like.ctype),
-            )
-        ]
-        if like.provider == "i":
-            parts.append(
-                sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(like.icu_locale))
-            )
-        if like.connlimit != -1:
-            parts.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(like.connlimit)))
-        statement = sql.SQL(" ").join(parts)
-    run_sql(db, statement, action=f"create database {new}", conn=conn)
-    if like is None:
-        return warnings
-    # Database-level settings (ALTER DATABASE ... SET) and per-role ones.
-    rows = db.execute(
-        "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END,"
-        " unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d"
-        " ON d.oid = s.setdatabase WHERE d.datname = %s",
-        (like.name,),
-    ).fetchall()
-    for role, item in rows:
-        name, _, value = item.partition("=")
-        literal = (
-            list_value(value) if name.lower() in LIST_GUCS else sql.Literal(value).as_string(None)
+    final = final or new
+    warnings: list[str] = []
+    parts = [sql.SQL("CREATE DATABASE {}").format(ident(new))]
+    like = like or DbProps()
+    parts.append(sql.SQL("TEMPLATE template0"))
+    for keyword, value in (
+        ("ENCODING", like.encoding),
+        ("LC_COLLATE", like.collate),
+        ("LC_CTYPE", like.ctype),
+    ):
+        if value:
+            parts.append(sql.SQL(keyword + " {}").format(sql.Literal(value)))
+    if like.provider == "i":
+        parts.append(
+            sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(like.icu_locale))
         )
-        prefix = (
-            sql.SQL("ALTER ROLE {} IN DATABASE {}").format(ident(role), ident(new))
-            if role
-            else sql.SQL("ALTER DATABASE {}").format(ident(new))
-        )
-        statement = sql.SQL("{} SET {} TO " + literal.replace("{", "{{").replace("}", "}}"))
+    if like.connlimit != -1:
+        parts.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(like.connlimit)))
+    owner_error, created = "", False
+    if like.owner:
+        psycopg = psycopg_lib()
+        owned = sql.SQL(" ").join([*parts, sql.SQL("OWNER {}").format(ident(like.owner))])
         try:
-            db.execute(statement.format(prefix, ident(name)))
-        except psycopg_lib().Error as exc:
-            # E.g. a superuser-only setting: never worth blocking an emergency restore.
-            where = f"ROLE {role} IN DATABASE" if role else "DATABASE"
-            warnings.append(
-                f"setting {name} of {like.name} not copied ({' '.join(str(exc).split())}); "
-                f"have a superuser run: ALTER {where} {like.name} SET {name} TO {literal}"
-            )
-    if like.comment is not None:
-        db.execute(
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident(new), sql.Literal(like.comment))
+            db.execute(owned)
+            created = True
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedObject) as exc:
+            text = " ".join(str(exc).split())
+            if "create database" not in text.lower():  # else run_sql says what is missing
+                owner_error = text
+        except psycopg.Error:  # anything else: the typed error, with its hint
+            run_sql(db, owned, action=f"create database {new}", conn=conn)
+    if not created:
+        # Not a member of the owner role, or the role does not exist here: the
+        # database is owned by the restoring role until a superuser fixes it.
+        run_sql(db, sql.SQL(" ").join(parts), action=f"create database {new}", conn=conn)
+    if owner_error:
+        statement = sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident(final), ident(like.owner))
+        warnings.append(
+            f"owner of database {final} not reapplied ({owner_error}); "
+            f"have a superuser run: {statement.as_string(db)};"
         )
-    if like.has_acl:
-        grants = db.execute(
-            "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,"
-            " a.privilege_type, a.is_grantable FROM pg_database d, aclexplode(d.datacl) a"
-            " WHERE d.datname = %s AND a.grantee <> d.datdba",
-            (like.name,),
-        ).fetchall()
-        db.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident(new)))
-        for grantee, privilege, grantable in grants:
-            who = ident(grantee) if grantee else sql.SQL("PUBLIC")
-            option = sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL("")
-            try:
-                db.execute(
-                    sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
-                        sql.SQL(privilege), ident(new), who, option
-                    )
-                )
-            except psycopg_lib().Error as exc:
-                warnings.append(
-                    f"grant of {privilege} to {grantee or 'PUBLIC'} not copied: "
-                    f"{' '.join(str(exc).split())}"
-                )
+
+    def attempt(what: str, statement) -> None:
+        # Run against `new`; on failure tell what to run against `final`, and why.
+        try:
+            db.execute(statement(new))
+        except psycopg_lib().Error as exc:
+            text = statement(final).as_string(db)
+            warnings.append(
+                f"{what} of database {final} not reapplied ({' '.join(str(exc).split())}); "
+                f"have a superuser run: {text};"
+            )
+
+    for setting in like.settings:
+        attempt(
+            f"setting {setting.name}" + (f" for role {setting.role}" if setting.role else ""),
+            lambda name, s=setting: set_statement(name, s),
+        )
+    if like.comment is not None:
+        attempt(
+            "comment",
+            lambda name: sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                ident(name), sql.Literal(like.comment)
+            ),
+        )
+    for what, statement in acl_statements(like):
+        attempt(what, statement)
     return warnings
+
+
+def set_statement(dbname: str, setting: Setting):
+    sql = sql_lib()
+    value = (
+        list_value(setting.value)
+        if setting.name.lower() in LIST_GUCS
+        else sql.Literal(setting.value).as_string(None)
+    )
+    prefix = (
+        sql.SQL("ALTER ROLE {} IN DATABASE {}").format(ident(setting.role), ident(dbname))
+        if setting.role
+        else sql.SQL("ALTER DATABASE {}").format(ident(dbname))
+    )
+    return sql.SQL("{} SET {} TO {}").format(prefix, ident(setting.name), sql.SQL(value))
+
+
+def acl_statements(like: DbProps) -> list[tuple[str, object]]:
+    """REVOKE/GRANT statements turning a new database's default grants into `like.acl`.
+
+    Only the difference from the default is applied, in the order a user
+    would have made it, so the resulting ACL reads the same as the original's.
+    The owner keeps its own default privileges.
+    """
+    if like.acl is None:
+        return []
+    sql = sql_lib()
+    public = {g.privilege for g in like.acl if g.grantee is None}
+    out = []
+    revoke = [p for p in PUBLIC_DEFAULT if p not in public]
+    if revoke:
+        out.append(
+            (
+                f"revoke of {', '.join(revoke)} from PUBLIC",
+                lambda name: sql.SQL("REVOKE {} ON DATABASE {} FROM PUBLIC").format(
+                    sql.SQL(", ").join(sql.SQL(p) for p in revoke), ident(name)
+                ),
+            )
+        )
+    grants: dict[tuple[str | None, bool], list[str]] = {}
+    for g in like.acl:
+        if g.privilege not in DATABASE_PRIVILEGES:
+            continue  # a manifest is data: only known keywords ever become SQL
+        if g.grantee is None and g.privilege in PUBLIC_DEFAULT and not g.grantable:
+            continue  # PUBLIC has it by default
+        grants.setdefault((g.grantee, g.grantable), []).append(g.privilege)
+    for (grantee, grantable), privileges in grants.items():
+        who = ident(grantee) if grantee else sql.SQL("PUBLIC")
+        option = sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL("")
+        out.append(
+            (
+                f"grant of {', '.join(privileges)} to {grantee or 'PUBLIC'}",
+                lambda name, who=who, option=option, privileges=privileges: sql.SQL(
+                    "GRANT {} ON DATABASE {} TO {}{}"
+                ).format(
+                    sql.SQL(", ").join(sql.SQL(p) for p in privileges), ident(name), who, option
+                ),
+            )
+        )
+    return out

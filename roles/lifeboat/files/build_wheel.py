@@ -1,4 +1,4 @@
-"""Build the lifeboat wheel from a checkout, reproducibly, on the control node.
+"""Build the lifeboat wheel from a checkout or the installed collection, on the control node.
 
 Usage: python build_wheel.py SOURCE_DIR OUT_DIR  -> prints the wheel's path.
 
@@ -32,10 +32,21 @@ def main(source: str, out: str) -> int:
     src = Path(source).resolve()
     out_dir = Path(out).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A checkout keeps the engine in module_utils/, the installed collection
+    # (lifeboat.postgresql, which ships pyproject.toml too) in plugins/module_utils/.
+    engines = [src / "module_utils" / "lifeboat", src / "plugins" / "module_utils" / "lifeboat"]
+    engine = next((e for e in engines if (e / "__init__.py").is_file()), None)
+    if engine is None or not (src / "pyproject.toml").is_file():
+        sys.stderr.write(
+            f"Failed to build the lifeboat wheel: {src} is neither a lifeboat checkout nor the "
+            "installed lifeboat.postgresql collection (no module_utils/lifeboat or "
+            "plugins/module_utils/lifeboat with pyproject.toml). Set lifeboat_source_dir to one.\n"
+        )
+        return 1
     with tempfile.TemporaryDirectory(prefix="lifeboat-wheel-") as tmp:
         tree = Path(tmp) / "src"
         shutil.copytree(
-            src / "module_utils" / "lifeboat",
+            engine,
             tree / "module_utils" / "lifeboat",
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         )

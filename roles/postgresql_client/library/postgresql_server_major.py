@@ -13,10 +13,11 @@ description:
   - Connects to each database with the host's C(psql) and reads C(server_version_num).
   - Also reports the newest installed C(pg_dump) major, so a role can install a
     client at least as new as the server (C(pg_dump) refuses newer servers).
-  - Unreachable servers are reported, not fatal: a host is often provisioned
-    before its database exists.
+  - Unreachable servers are reported, not fatal, since a host is often
+    provisioned before its database exists.
 version_added: "0.1.0"
-author: lifeboat contributors
+# No GitHub handles to name: the form ansible-test accepts for that.
+author: lifeboat contributors (!UNKNOWN)
 options:
   urls:
     description:
@@ -81,11 +82,11 @@ def client_major():
 
 def ask(conn, psql, timeout):
     """server_version_num of one server, or raise RuntimeError with a safe message."""
-    with client_env(conn) as env:
-        env["PGCONNECT_TIMEOUT"] = str(timeout)
+    with client_env(conn) as child:
+        child["env"]["PGCONNECT_TIMEOUT"] = str(timeout)
         proc = subprocess.run(
-            [psql, "-X", "-A", "-t", "-w", "-c", "SHOW server_version_num", "-d", conn.url()],
-            env=env,
+            [psql, "-X", "-A", "-t", "-w", "-c", "SHOW server_version_num", "-d", conn.conninfo()],
+            **child,
             capture_output=True,
             text=True,
             timeout=timeout + 10,
@@ -115,7 +116,7 @@ def main():
     for entry in module.params["urls"]:
         url = entry.get("url", "") if isinstance(entry, dict) else entry
         try:
-            conn = ConnInfo.from_url(url)
+            conn = ConnInfo.parse(url)
         except LifeboatError as exc:
             module.fail_json(msg=f"Failed to read a database URL: {exc}", **result)
         try:

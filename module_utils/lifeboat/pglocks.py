@@ -1,0 +1,120 @@
+"""No silent hang on a lock: every wait is bounded, and a timeout names the holder.
+
+`lock_timeout` (seconds, default 60) bounds pg_dump's table locks
+(`--lock-wait-timeout`, backups and the pre-restore backup) and every
+statement of a restore's own sessions (`SET lock_timeout`: block writes,
+swap, drop). When it runs out, the error says who holds the lock (pid, user,
+application, client, since when, the query) from pg_locks/pg_stat_activity,
+and what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import pg
+from .conninfo import ConnInfo
+from .errors import LifeboatError, LockTimeout
+
+# Locks that make a reader (pg_dump's ACCESS SHARE) wait: only ACCESS EXCLUSIVE
+# (ALTER/DROP/TRUNCATE/VACUUM FULL/CLUSTER/LOCK TABLE) conflicts with it.
+_HOLDERS = """
+SELECT DISTINCT a.pid, a.usename, a.application_name, host(a.client_addr),
+       coalesce(a.xact_start, a.query_start, a.backend_start), a.state, a.query, {what}
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.granted AND l.pid <> pg_backend_pid() AND {where}
+ORDER BY 5
+"""
+TABLE_HOLDERS = _HOLDERS.format(
+    what="l.relation::regclass::text",
+    where="l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock' AND l.database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())",
+)
+# ALTER DATABASE (rename, connections, settings) waits on a lock on the database object.
+DATABASE_HOLDERS = _HOLDERS.format(
+    what="'database ' || quote_ident(%(name)s)",
+    where="l.locktype = 'object' AND l.classid = 'pg_database'::regclass AND l.objid = "
+    "(SELECT oid FROM pg_database WHERE datname = %(name)s)",
+)
+
+
+@dataclass
+class Holder:
+    pid: int
+    user: str | None
+    application: str | None
+    client: str | None
+    since: object
+    state: str | None
+    query: str | None
+    what: str
+
+    def describe(self) -> str:
+        since = self.since.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if self.since else "?"
+        query = " ".join((self.query or "").split())
+        if len(query) > 200:
+            query = query[:200] + "..."
+        return (
+            f"{self.what} is held by pid {self.pid} (user {self.user or '?'}, application "
+            f"'{self.application or ''}', client {self.client or 'local socket'}, "
+            f"{self.state or 'unknown state'} since {since}): {query or '<query not visible>'}"
+        )
+
+
+def seconds(value: int | float) -> str:
+    return f"{value:g} s"
+
+
+def setting(value: int | float) -> str:
+    """The value for `SET lock_timeout`."""
+    return f"{int(value * 1000)}ms"
+
+
+def holders(db, sql: str = TABLE_HOLDERS, name: str | None = None) -> list[Holder]:
+    rows = db.execute(sql, {"name": name} if name is not None else None).fetchall()
+    return [Holder(*row) for row in rows]
+
+
+def is_timeout(text: str) -> bool:
+    """A lock wait cut short: lock_timeout, or pg_dump's --lock-wait-timeout on LOCK TABLE."""
+    lowered = text.lower()
+    return "lock timeout" in lowered or ("statement timeout" in lowered and "lock table" in lowered)
+
+
+def timeout_error(
+    action: str, waited: int | float, found: list[Holder], tail: str = "Nothing was changed."
+) -> LockTimeout:
+    """`Failed to <action>: waited N s for a lock ...` with the holders and the way out."""
+    if found:
+        named = "; ".join(h.describe() for h in found[:3])
+        pids = ", ".join(str(h.pid) for h in found[:3])
+        hint = (
+            f"Ask that session to commit or roll back, or end it "
+            f"(`SELECT pg_terminate_backend({pids.split(', ')[0]});`"
+            + (f" for each of {pids}" if len(found) > 1 else "")
+            + f"), then run again. {tail} To wait longer, raise lock_timeout "
+            "(LIFEBOAT_LOCK_TIMEOUT, lifeboat_lock_timeout)."
+        )
+        return LockTimeout(
+            f"Failed to {action}: waited {seconds(waited)} for a lock: {named}.", hint
+        )
+    return LockTimeout(
+        f"Failed to {action}: waited {seconds(waited)} for a lock another session held "
+        "(it was released before lifeboat could name it).",
+        f"Run again; if it repeats, look for long transactions in pg_stat_activity. {tail}",
+    )
+
+
+def dump_timeout(conn: ConnInfo, stderr: str, waited: int | float) -> LifeboatError:
+    """pg_dump gave up waiting for a table lock: name who holds table locks now."""
+    table = re.search(r"LOCK TABLE (.+?) IN ACCESS SHARE MODE", stderr)
+    try:
+        with pg.connect(conn) as db:
+            found = holders(db)
+    except Exception:  # the report must not hide the real failure
+        found = []
+    if table:
+        wanted = {t.strip() for t in table.group(1).split(",")}
+        found = [h for h in found if h.what in wanted] or found
+    return timeout_error(f"dump {conn.where()}", waited, found, "Nothing was kept.")

@@ -1,0 +1,379 @@
+"""Step 4, parallel: a plain dump loaded over several connections.
+
+The stream is cut where the guard (sqlguard.PsqlGuard(marks=True)) found
+pg_dump's own structure while checking every line: the comment before each
+TOC entry, COPY blocks and the allowed \\restrict lines. Only cleared bytes
+are ever cut and sent, so the guard's promise holds on every connection.
+
+Entries run in stream order, except that runs of independent work go to the
+worker connections at once:
+- COPY blocks (table data), each to the least busy worker as it is read;
+  SEQUENCE SET and large-object data keep running in order on the main
+  connection meanwhile;
+- a run of INDEX and CONSTRAINT (primary key, unique, exclusion) entries;
+- a run of FK CONSTRAINT entries (retried on a deadlock between two of them).
+Anything else waits until the workers are idle and runs on the main
+connection, in order. The main connection commits before workers start, so
+they see its tables; its last transaction commits only after the caller has
+checked the whole stream (sha256, trailer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import re
+import threading
+
+from .. import sqlguard
+
+# Entry classes
+COPY, ALONGSIDE, INDEXES, FOREIGN_KEYS, SERIAL = range(5)
+_PARALLEL = {b"INDEX": INDEXES, b"CONSTRAINT": INDEXES, b"FK CONSTRAINT": FOREIGN_KEYS}
+# Data-section entries that do not touch table data: run on main next to the COPYs.
+_ALONGSIDE = {b"SEQUENCE SET", b"BLOBS", b"LARGE OBJECTS", b"TABLE DATA"}
+# pg_dump sets these between entries (before an entry's comment); they are
+# session state every connection must carry from then on (SESSION AUTHORIZATION
+# with --use-set-session-authorization).
+_SESSION_SET = re.compile(
+    rb"\n((?:SET|RESET) (default_tablespace|default_table_access_method|SESSION AUTHORIZATION)"
+    rb"[^;\n]*;\n)[\s]*\Z"
+)
+FLUSH = 8 << 20  # run a long entry on main once this much of it is buffered
+# The settings pg_dump writes first, one per line: the header every worker replays
+# (only the leading run of them, so nothing else before the first entry is repeated).
+_SETTINGS = re.compile(
+    rb"(?:[ \t]*\r?\n|--[^\n]*\n|SET [a-z_]+ = [^;\n]*;\r?\n"
+    rb"|SELECT pg_catalog\.set_config\('search_path', '[^'\n]*', false\);\r?\n)*"
+)
+QUEUE_DEPTH = 16  # items (1 MiB chunks at most) waiting per worker
+DEADLOCK = "40P01"
+
+
+class Stop(Exception):
+    """Raised in the main thread when a worker failed first (see Pool.error)."""
+
+
+class _Closed(Exception):
+    """A worker was told to quit in the middle of a COPY."""
+
+
+_BLANK = re.compile(rb"(?:[ \t\r\n]|--[^\n]*\n)*\Z")
+
+
+def blank(text: bytes) -> bool:
+    """Only whitespace and -- comments (cut at a statement start): nothing to run."""
+    return _BLANK.match(text) is not None
+
+
+class Pool:
+    """Worker connections fed by queues; the first failure stops everyone."""
+
+    def __init__(self, connect, jobs: int):
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._conns = []
+        self.queues: list[queue.Queue] = []
+        self.busy = [0] * jobs  # bytes queued per worker, to pick the least busy
+        self.threads = []
+        try:
+            for _ in range(jobs):
+                self._conns.append(connect())
+        except BaseException:
+            self.close()
+            raise
+        for i, conn in enumerate(self._conns):
+            q: queue.Queue = queue.Queue(QUEUE_DEPTH)
+            self.queues.append(q)
+            thread = threading.Thread(target=self._work, args=(i, conn, q), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        self.main = None  # the main connection, cancelled too when a worker fails
+
+    # ------------------------------------------------------------ main thread
+
+    def put(self, worker: int, item: tuple, size: int = 0) -> None:
+        self.check()
+        self.busy[worker] += size
+        self.queues[worker].put(item)
+
+    def least_busy(self) -> int:
+        return min(range(len(self.busy)), key=self.busy.__getitem__)
+
+    def barrier(self) -> None:
+        """Wait until every worker has finished everything queued."""
+        for q in self.queues:
+            q.join()
+        self.check()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise Stop() from None
+
+    def fail(self, exc: BaseException) -> None:
+        """Record the first failure and cancel what every connection is running."""
+        with self._lock:
+            if self.error is not None:
+                return
+            self.error = exc
+        for conn in [*self._conns, self.main]:
+            if conn is not None:
+                with contextlib.suppress(Exception):  # best effort: it may be gone
+                    conn.cancel_safe(timeout=5)
+
+    def close(self) -> None:
+        """Stop the workers (aborting any COPY in progress) and close their connections."""
+        for q in self.queues:
+            q.put(None)
+        for thread in self.threads:
+            thread.join()
+        for conn in self._conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # ------------------------------------------------------------ worker threads
+
+    def _work(self, index: int, conn, q: queue.Queue) -> None:
+        applied = None  # the session prefix this connection has run
+        while True:
+            item = q.get()
+            try:
+                if item is None:
+                    return
+                if self.error is not None:
+                    continue  # drain: the restore has failed
+                kind, prefix = item[0], item[1]
+                if prefix != applied:
+                    conn.execute(prefix)
+                    applied = prefix
+                if kind == "sql":
+                    self._sql(conn, item[2])
+                    self.busy[index] -= len(item[2])
+                else:  # "copy": the data follows as ("data", bytes) items, then ("end",)
+                    self._copy(index, conn, q, item[2])
+            except _Closed:
+                return
+            except BaseException as exc:  # handed to the main thread
+                self.fail(exc)
+            finally:
+                q.task_done()
+
+    def _sql(self, conn, text: bytes) -> None:
+        for attempt in range(5):
+            try:
+                conn.execute(text)
+                return
+            except Exception as exc:
+                # Two foreign keys may lock the same two tables in opposite orders.
+                if getattr(exc, "sqlstate", None) != DEADLOCK or attempt == 4:
+                    raise
+
+    def _copy(self, index: int, conn, q: queue.Queue, statement: bytes) -> None:
+        failed = None
+        with conn.cursor() as cur, cur.copy(statement) as copy:
+            while True:
+                item = q.get()
+                try:
+                    if item is None:
+                        raise _Closed()
+                    if item[0] == "end":
+                        break
+                    if failed is None and self.error is None:
+                        try:
+                            copy.write(item[1])
+                        except BaseException as exc:
+                            failed = exc
+                    self.busy[index] -= len(item[1])
+                finally:
+                    q.task_done()
+            # Raised inside the block, so the COPY is aborted, never committed half-done.
+            if failed is not None:
+                raise failed
+            if self.error is not None:
+                raise Stop()
+        self.busy[index] -= 1 << 20
+
+
+class Splitter:
+    """Cuts the cleared stream into entries and runs them (see the module doc).
+
+    `feed` takes cleared bytes in order; the guard's marks up to them are
+    known. `finish` runs what is left, waits for the workers and leaves the
+    main connection's last transaction open for the caller to commit."""
+
+    def __init__(self, guard: sqlguard.PsqlGuard, main, pool: Pool):
+        self.guard = guard
+        self.marks = guard.marks
+        self.main = main
+        self.pool = pool
+        pool.main = main
+        self.buf = b""
+        self.base = 0  # stream offset of buf[0]
+        self.next_mark = 0
+        self.kind: bytes | None = None  # TOC type of the entry being read (None: header)
+        self.parts: list[bytes] = []
+        self.size = 0  # bytes in parts
+        self.parts_at = 0  # stream offset of parts[0], or -1 once a line was cut out
+        self.header = b""
+        self.sets: dict[bytes, bytes] = {}
+        self.prefix = b""  # header + session SETs: what a worker runs before an entry
+        self.main_prefix = None
+        self.running: int | None = None  # class of work queued on the workers
+        self.copy_worker: int | None = None
+        self.held: tuple[int, bytes] | None = None  # a parallel entry, waiting for COMMENTs
+
+    # ------------------------------------------------------------ cutting
+
+    def feed(self, data: bytes) -> None:
+        self.buf = self.buf + data if self.buf else data
+        end = self.base + len(self.buf)
+        marks = self.marks
+        while True:
+            mark = marks[self.next_mark] if self.next_mark < len(marks) else None
+            if self.copy_worker is not None:
+                stop = end if mark is None else min(end, mark[1])
+                self._copy_data(stop)
+                if mark is None or mark[2] > end:
+                    break
+                self._take(mark[2])  # the terminator
+                self.parts_at = self.base
+                self.pool.put(self.copy_worker, ("end",))
+                self.copy_worker = None
+                self.next_mark += 1
+                continue
+            if mark is None or mark[1] > end:
+                self._part(end)
+                break
+            self._part(mark[1])
+            tag = mark[0]
+            if tag == sqlguard.TOC:
+                self._entry_done()
+                self.kind = mark[2]
+            elif tag == sqlguard.META:
+                if mark[2] > end:
+                    break
+                self._take(mark[2])  # psql-only lines: nothing for the server
+                self.parts_at = -1
+            elif tag == sqlguard.COPY_START:
+                if mark[2] > end:
+                    break
+                self._copy_start(self._take(mark[2]))
+            self.next_mark += 1
+        if self.next_mark > 4096:
+            del marks[: self.next_mark]
+            self.next_mark = 0
+
+    def finish(self) -> None:
+        self._entry_done()
+        self._release()
+        self.pool.barrier()
+
+    def _part(self, stop: int) -> None:
+        if stop > self.base:
+            part = self._take(stop)
+            self.parts.append(part)
+            self.size += len(part)
+            if self.size > FLUSH:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Run the complete statements of a long entry (large objects, INSERTs)
+        on main now, so memory stays bounded, as psql would."""
+        cls = self._class()
+        cut = self.guard.stmt_end - self.parts_at
+        if self.kind is None or cls in (INDEXES, FOREIGN_KEYS) or self.parts_at < 0:
+            return
+        if cut <= 0 or self.guard.stmt_end > self.base:
+            return
+        text = b"".join(self.parts)
+        self._release()
+        self._main(text[:cut], cls)
+        self.parts = [text[cut:]]
+        self.size = len(self.parts[0])
+        self.parts_at += cut
+
+    def _class(self) -> int:
+        return _PARALLEL.get(self.kind, ALONGSIDE if self.kind in _ALONGSIDE else SERIAL)
+
+    def _take(self, stop: int) -> bytes:
+        cut = stop - self.base
+        taken, self.buf = self.buf[:cut], self.buf[cut:]
+        self.base = stop
+        return taken
+
+    # ------------------------------------------------------------ scheduling
+
+    def _entry_done(self) -> None:
+        text = b"".join(self.parts)
+        self.parts = []
+        self.size = 0
+        self.parts_at = self.base
+        if self.kind is None:  # the header: its SET statements every connection runs
+            self.header = _SETTINGS.match(text).group()
+            self.prefix = self.header
+            self._main(text, SERIAL)
+            self.kind = b""  # what follows before a TOC comment: run in order
+            return
+        found = _SESSION_SET.search(text)
+        while found:  # SETs for the entries that follow, not for this one
+            text = text[: found.start() + 1]
+            self.sets[found.group(2)] = found.group(1)
+            found = _SESSION_SET.search(text)
+        if self.kind == b"COMMENT" and self.held is not None:
+            self.held = (self.held[0], self.held[1] + text)  # a comment on the held index
+        else:
+            cls = self._class()
+            if cls in (INDEXES, FOREIGN_KEYS):
+                self._release()
+                self.held = (cls, text)
+            elif not blank(text):
+                self._release()
+                self._main(text, cls)
+        self.prefix = self.header + b"".join(self.sets.values())
+
+    def _release(self) -> None:
+        """Send the held parallel entry (with any comments on it) to a worker."""
+        if self.held is None:
+            return
+        cls, text = self.held
+        self.held = None
+        self._start(cls)
+        worker = self.pool.least_busy()
+        self.pool.put(worker, ("sql", self.prefix, text), len(text))
+
+    def _start(self, cls: int) -> None:
+        """Workers may take work of class `cls`: wait for other work, commit main."""
+        if self.running not in (None, cls):
+            self.pool.barrier()
+        self.running = cls
+        if self.main.info.transaction_status != 0:  # not idle: make its work visible
+            self.main.commit()
+
+    def _main(self, text: bytes, cls: int) -> None:
+        # Only data-section entries run next to the COPYs; anything else waits.
+        if self.running is not None and not (cls == ALONGSIDE and self.running == COPY):
+            self.pool.barrier()
+            self.running = None
+        self.pool.check()
+        if self.prefix != self.main_prefix and self.kind is not None:
+            self.main.execute(self.prefix)
+        self.main_prefix = self.prefix
+        self.main.execute(text)
+
+    def _copy_start(self, statement: bytes) -> None:
+        if self.kind is None:  # a COPY before any TOC comment: the header ends here
+            self._entry_done()
+        before = b"".join(self.parts)
+        self.parts = []
+        self.size = 0
+        self._release()
+        if not blank(before):  # not what pg_dump writes, but psql would run it first
+            self._main(before, SERIAL)
+        self._start(COPY)
+        self.copy_worker = self.pool.least_busy()
+        self.pool.put(self.copy_worker, ("copy", self.prefix, statement), 1 << 20)
+
+    def _copy_data(self, stop: int) -> None:
+        if stop > self.base:
+            data = self._take(stop)
+            self.pool.put(self.copy_worker, ("data", data), len(data))
