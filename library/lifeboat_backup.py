@@ -79,6 +79,10 @@ options:
     description: Parallel C(pg_dump) jobs for the directory format.
     type: int
     default: 2
+  plain_jobs:
+    description: Not used by backups; accepted so backup and restore share their settings.
+    type: int
+    default: 1
   threads:
     description: Compression threads for plain format.
     type: int

@@ -120,11 +120,16 @@ options:
     description: Codec level of the pre-restore backup.
     type: int
   jobs:
-    description:
-      - Connections the restore loads with; 1 loads a plain dump through one C(psql).
-      - C(pg_restore --jobs) for custom and directory archives.
+    description: C(pg_restore --jobs) for custom and directory archives.
     type: int
     default: 2
+  plain_jobs:
+    description:
+      - Connections a restore of a plain dump loads with.
+      - C(1) streams it into one C(psql) in one transaction (the stock path).
+      - More split its C(COPY) blocks and index builds over that many connections.
+    type: int
+    default: 1
   threads:
     description: Compression threads for the pre-restore backup.
     type: int

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run the Molecule scenarios (make molecule; make test runs it after pytest).
 # Installs podman/runc/debootstrap when missing, builds the base image once,
-# starts a PostgreSQL server on loopback for the hosts to back up, runs
-# `molecule test` per scenario, and removes every container and the server
-# it started, whatever happens.
+# starts a PostgreSQL server on loopback for the hosts to back up, builds and
+# installs the lifeboat.postgresql collection that converge provisions from,
+# runs `molecule test` per scenario, and removes every container, the server
+# and the temporary collection it made, whatever happens.
 # Usage: tools/molecule.sh [SCENARIO ...]   (default: every molecule/*/molecule.yml)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,9 +29,10 @@ fi
 containers=$(sed -n "s/^ *- name: \(lifeboat-[a-z0-9-]*\)$/\1/p" \
     "${scenarios[@]/#/molecule/}"/molecule.yml 2>/dev/null | sort -u || true)
 pgroot=$(mktemp -d /var/tmp/lifeboat-molecule-pg.XXXXXX)
-# The hosts install lifeboat from a snapshot of the checkout taken now, so an
-# edit made while the scenario runs cannot make the idempotence step differ.
-snapshot=$(mktemp -d /var/tmp/lifeboat-molecule-src.XXXXXX)
+# converge provisions from the lifeboat.postgresql collection, built from the
+# checkout now and installed here as a user would: an edit made while the
+# scenario runs cannot make the idempotence step differ.
+colroot=$(mktemp -d /var/tmp/lifeboat-molecule-collection.XXXXXX)
 
 cleanup() {
     local rc=$?
@@ -47,7 +49,7 @@ cleanup() {
         podman rm -f -t 0 "${left[@]}" >/dev/null 2>&1
     fi
     "$ROOT/.venv/bin/python" tools/molecule_pg.py stop "$pgroot"
-    rm -rf "$snapshot"
+    rm -rf "$colroot"
     exit $rc
 }
 trap cleanup EXIT
@@ -56,11 +58,13 @@ trap 'exit 130' INT TERM
 while IFS='=' read -r key value; do
     export "LIFEBOAT_MOLECULE_$key=$value"
 done < <("$ROOT/.venv/bin/python" tools/molecule_pg.py start "$pgroot")
-mkdir -p .cache/molecule-pip "$snapshot/module_utils" "$snapshot/requirements"
-cp -r module_utils/lifeboat "$snapshot/module_utils/"
-cp pyproject.toml README.md "$snapshot/"
-cp requirements/host.txt "$snapshot/requirements/"
-export LIFEBOAT_MOLECULE_SOURCE=$snapshot
+mkdir -p .cache/molecule-pip
+tarball=$("$ROOT/.venv/bin/python" tools/build_collection.py --build-dir "$colroot/build" | tail -n 1)
+# Only this path plus site-packages (containers.podman comes from the `ansible`
+# bundle there, always searched): no other lifeboat.postgresql can shadow it.
+export LIFEBOAT_MOLECULE_COLLECTIONS=$colroot/collections
+ANSIBLE_COLLECTIONS_PATH=$LIFEBOAT_MOLECULE_COLLECTIONS "$MVENV/bin/ansible-galaxy" \
+    collection install --offline -p "$LIFEBOAT_MOLECULE_COLLECTIONS" "$tarball" >/dev/null
 # pip in the containers trusts what pip here trusts (TLS-inspecting proxies).
 ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
 [[ -r $ca ]] || ca=/etc/ssl/certs/ca-certificates.crt

@@ -94,46 +94,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list backups in the store")
     _common(p)
 
+    def backup_to_check(p: argparse.ArgumentParser) -> None:
+        """What verify and drill take: one backup, or the newest of each database."""
+        _common(p)
+        p.add_argument(
+            "path", nargs="?", help="backup file (or directory archive), or s3://BUCKET/KEY"
+        )
+        p.add_argument(
+            "--latest", action="store_true", help="the newest complete backup of each database"
+        )
+        p.add_argument(
+            "--type",
+            choices=naming.BACKUP_TYPES,
+            help="with --latest: only this type (default: newest daily/weekly/monthly)",
+        )
+        p.add_argument(
+            "--allow-unsigned",
+            action="store_true",
+            help="accept a manifest without MAC although a manifest key is configured",
+        )
+
     p = sub.add_parser(
         "verify", help="check a backup's integrity; --deep restores it into a scratch database"
     )
-    _common(p)
-    p.add_argument("path", nargs="?", help="backup file (or directory archive), or s3://BUCKET/KEY")
-    p.add_argument(
-        "--latest", action="store_true", help="the newest complete backup of each database"
-    )
-    p.add_argument(
-        "--type",
-        choices=naming.BACKUP_TYPES,
-        help="with --latest: only this type (default: newest daily/weekly/monthly)",
-    )
+    backup_to_check(p)
     p.add_argument(
         "--deep",
         action="store_true",
         help="restore drill: scratch restore, manifest and user checks, RTO, then drop it",
     )
-    p.add_argument(
-        "--allow-unsigned",
-        action="store_true",
-        help="accept a manifest without MAC although a manifest key is configured",
-    )
 
     p = sub.add_parser("drill", help="restore drill of a backup (same as verify --deep)")
-    _common(p)
-    p.add_argument("path", nargs="?", help="backup file (or directory archive), or s3://BUCKET/KEY")
-    p.add_argument(
-        "--latest", action="store_true", help="the newest complete backup of each database"
-    )
-    p.add_argument(
-        "--type",
-        choices=naming.BACKUP_TYPES,
-        help="with --latest: only this type (default: newest daily/weekly/monthly)",
-    )
-    p.add_argument(
-        "--allow-unsigned",
-        action="store_true",
-        help="accept a manifest without MAC although a manifest key is configured",
-    )
+    backup_to_check(p)
     p.set_defaults(deep=True)
 
     p = sub.add_parser("prune", help="apply retention now")

@@ -451,13 +451,14 @@ def remove_stale_passfiles(tmpdir: str | None = None, now: float | None = None) 
             elif entry.name == f"lifeboat-{uid}":
                 for name in os.listdir(entry.path):
                     match = re.fullmatch(r"pgpass-(\d+)-[0-9a-f]+", name)
-                    if match and not _alive(int(match.group(1))):
+                    if match and not process_alive(int(match.group(1))):
                         os.unlink(os.path.join(entry.path, name))
                         removed.append(os.path.join(entry.path, name))
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -9,7 +9,6 @@ independent and never raises: whatever fails comes back as a warning.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -52,19 +51,9 @@ def read_states(backup_dir: str) -> dict[tuple[str, str], dict]:
 
 
 def write_json_atomic(path: str, data: dict, mode: int = 0o600) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = storefs.create_exclusive(tmp, "state file", mode)  # never through a planted link
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    # never through a planted link; a per-process temp name for concurrent writers
+    storefs.write_atomic(path, text.encode(), "state file", mode, tmp=f"{path}.{os.getpid()}.tmp")
 
 
 def update_state(state: dict, event: notify.Event) -> dict:

@@ -71,7 +71,7 @@ def backup(db: AppDB, env: dict) -> Path:
 
 
 def restore(db: AppDB, env: dict, jobs: int, *extra: str):
-    env = dict(env, DATABASE_URL=superuser_url(db), LIFEBOAT_JOBS=str(jobs))
+    env = dict(env, DATABASE_URL=superuser_url(db), LIFEBOAT_PLAIN_JOBS=str(jobs))
     return run_cli(["restore", "--latest", "--confirm", "--skip-pre-backup", *extra], env)
 
 
@@ -207,7 +207,7 @@ def test_sigterm_mid_parallel_copy_cleans_up(pg, lifeboat_env):
     backup(db, lifeboat_env)
     before = fingerprint(db, superuser=True)
     names = databases(pg)
-    env = dict(lifeboat_env, DATABASE_URL=superuser_url(db), LIFEBOAT_JOBS="3")
+    env = dict(lifeboat_env, DATABASE_URL=superuser_url(db), LIFEBOAT_PLAIN_JOBS="3")
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/lifeboat"), "restore", "--latest", "--confirm", "--skip-pre-backup"],
         env=env,
@@ -257,7 +257,7 @@ def test_odd_stock_dumps_restore_the_same_in_parallel(pg, lifeboat_env, tmp_path
     results = {}
     for jobs in (1, 3):
         target = f"{db.name}_{jobs}"
-        env = dict(lifeboat_env, DATABASE_URL=superuser_url(db), LIFEBOAT_JOBS=str(jobs))
+        env = dict(lifeboat_env, DATABASE_URL=superuser_url(db), LIFEBOAT_PLAIN_JOBS=str(jobs))
         restore_args = ["--file", str(dump), "--target-db", target, "--skip-pre-backup"]
         proc = run_cli(["restore", *restore_args, "--confirm"], env)
         assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .. import children, pg
-from ..conninfo import ConnInfo
+from ..conninfo import ConnInfo, process_alive
 from ..errors import DiskFull, PitrFailed, RestoreRefused
 from . import backrest
 from .config import target_text
@@ -43,23 +43,13 @@ def server_bin(settings, version: str) -> str:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _postmaster_pid(datadir: str) -> int | None:
     try:
         with open(os.path.join(datadir, "postmaster.pid")) as fh:
             pid = int(fh.readline().strip())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if process_alive(pid) else None
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import re
 import signal
 import subprocess
 import tempfile
@@ -45,11 +46,39 @@ class Loaded:
 
 def load(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
     """Restore the source into the (empty) database of `conn`."""
+    with pg.connect(conn) as db:
+        server = db.info.server_version
     if source.fmt == "plain":
         return load_plain(
-            source, conn, settings.pg_bin_dir, settings.encrypt_identity_file, settings.jobs
+            source,
+            conn,
+            settings.pg_bin_dir,
+            settings.encrypt_identity_file,
+            settings.plain_jobs,
+            server,
         )
+    pg_restore = pg.find_tool("pg_restore", settings.pg_bin_dir)
+    if pg.major(pg.tool_version(pg_restore)) * 10000 > server and older_server_fix(server):
+        # pg_restore 17 sends `SET transaction_timeout` to any server: load its
+        # script output through the plain path, which leaves that line out.
+        return load_script(source, pg_restore, conn, settings, server)
     return load_archive(source, conn, settings)
+
+
+# SET lines that a newer pg_dump / pg_restore writes whatever the server's
+# version, and that an older server rejects ("unrecognized configuration
+# parameter"): (first server version that has it, its name).
+NEWER_SETTINGS = ((170000, b"transaction_timeout"),)
+
+
+def older_server_fix(server: int):
+    """A function turning such SET lines into comments of the same length (the
+    guard's offsets still hold), or None when the server knows them all."""
+    names = [name for since, name in NEWER_SETTINGS if server < since]
+    if not names:
+        return None
+    line = re.compile(rb"(?m)^SET (?:" + b"|".join(names) + rb") = [^\n;']*;$")
+    return lambda data: line.sub(lambda m: b"-- " + m.group(0)[3:], data)
 
 
 def load_plain(
@@ -58,10 +87,15 @@ def load_plain(
     bin_dir: str | None,
     identity: str | None = None,
     jobs: int = 1,
+    server: int | None = None,
 ) -> Loaded:
     """A plain dump through psql (jobs=1) or over `jobs` connections (parallel.py)."""
     watch = dump.StreamWatch("plain", guard=True, marks=jobs > 1)
-    stream = read_plain(source, identity, watch)
+    stream = read_plain(source, identity, watch, older_server_fix(server) if server else None)
+    return load_stream(stream, watch, conn, bin_dir, jobs)
+
+
+def load_stream(stream, watch: dump.StreamWatch, conn: ConnInfo, bin_dir, jobs: int) -> Loaded:
     try:
         if jobs > 1:
             load_parallel(stream, watch.counter, conn, jobs)
@@ -72,44 +106,34 @@ def load_plain(
     return Loaded(rows=watch.rows)
 
 
-def read_plain(source: Source, identity: str | None, watch: dump.StreamWatch) -> Iterator[bytes]:
+def read_plain(
+    source: Source, identity: str | None, watch: dump.StreamWatch, fix=None
+) -> Iterator[bytes]:
     """The dump's SQL, decrypted and decompressed, in pieces the guard has cleared.
 
     Nothing is yielded that the guard (sqlguard.py) has not checked: whole lines
     only, so no connection ever holds a line the guard has not seen. After the
     last piece, before the generator ends, the sha256 of the file and the
     dump's trailer are checked: a consumer commits only once it is exhausted."""
-    guard = watch.counter
     with open(source.path, "rb") as raw:
         tap = dump.HashingReader(raw)
         plain = None
         try:
-            pending, written = b"", 0
             try:
                 if source.encrypted:  # age -d -i IDENTITY, checked to its authenticated end
                     plain = encrypt.Decryptor(
                         tap, encrypt.check_identity_file(identity, source.location), source.location
                     )
                 reader = compress.decompressor(plain or tap, source.compression)
-                while chunk := reader.read(dump.CHUNK):
-                    watch.feed(chunk)
-                    pending = pending + chunk if pending else chunk
-                    if guard.cleared > written:
-                        out = pending[: guard.cleared - written]
-                        pending = pending[guard.cleared - written :]
-                        written = guard.cleared
-                        yield out
+                yield from cleared(reader, watch, fix)
                 if plain is not None:
                     plain.finish()
-                watch.finish()
             except sqlguard.Refused as exc:
                 raise sqlguard.refused(source.location, exc) from None
             except (OSError, EOFError, ValueError) as exc:
                 raise VerificationFailed(
                     f"Backup {source.location} is corrupt or truncated ({exc}).", verify.REMEDY
                 ) from None
-            if pending:
-                yield pending
             sha = tap.sha256.hexdigest()
             if source.manifest is not None and sha != source.manifest["sha256"]:
                 raise VerificationFailed(
@@ -125,6 +149,61 @@ def read_plain(source: Source, identity: str | None, watch: dump.StreamWatch) ->
         finally:
             if plain is not None:
                 plain.close()
+
+
+def cleared(reader, watch: dump.StreamWatch, fix=None) -> Iterator[bytes]:
+    """What `reader` holds, in whole lines the guard has checked; the rest when it ends."""
+    guard = watch.counter
+    pending, written = b"", 0
+    while chunk := reader.read(dump.CHUNK):
+        watch.feed(chunk)
+        pending = pending + chunk if pending else chunk
+        if guard.cleared > written:
+            out = pending[: guard.cleared - written]
+            pending = pending[guard.cleared - written :]
+            written = guard.cleared
+            yield fix(out) if fix else out
+    watch.finish()
+    if pending:
+        yield fix(pending) if fix else pending
+
+
+def load_script(
+    source: Source, pg_restore: str, conn: ConnInfo, settings: Settings, server: int
+) -> Loaded:
+    """An archive as `pg_restore -f -` writes it, through the plain path (guard included)."""
+    watch = dump.StreamWatch("plain", guard=True, marks=settings.plain_jobs > 1)
+    with tempfile.TemporaryFile() as errfile:
+        proc = subprocess.Popen(
+            [pg_restore, "--file=-", source.path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errfile,
+            env=children.environment(),
+            preexec_fn=die_with_parent,
+        )
+        try:
+            try:
+                stream = cleared(proc.stdout, watch, older_server_fix(server))
+                loaded = load_stream(stream, watch, conn, settings.pg_bin_dir, settings.plain_jobs)
+            except sqlguard.Refused as exc:
+                raise sqlguard.refused(source.location, exc) from None
+            returncode = proc.wait()
+        except BaseException:
+            dump._kill(proc)
+            raise
+        finally:
+            proc.stdout.close()
+        errfile.seek(0)
+        stderr = errfile.read().decode("utf-8", "replace")
+    if returncode != 0:
+        raise load_error("pg_restore", returncode, stderr, conn)
+    fault = watch.fault()
+    if fault:
+        raise VerificationFailed(
+            f"Backup {source.location} cannot be restored: {fault}.", verify.REMEDY
+        )
+    return loaded
 
 
 def load_psql(stream: Iterator[bytes], conn: ConnInfo, bin_dir: str | None) -> None:
@@ -178,7 +257,8 @@ def load_psql(stream: Iterator[bytes], conn: ConnInfo, bin_dir: str | None) -> N
 
 def load_parallel(stream: Iterator[bytes], guard, conn: ConnInfo, jobs: int) -> None:
     """`jobs` worker connections plus a main one (parallel.py); any failure stops them all."""
-    psycopg = psycopg_module()
+    import psycopg  # the host venv has it (requirements/host.txt); psql needs nothing
+
     main = pg.connect(conn)
     main.autocommit = False
     pool = None
@@ -204,12 +284,6 @@ def load_parallel(stream: Iterator[bytes], guard, conn: ConnInfo, jobs: int) -> 
             pool.close()
         with contextlib.suppress(Exception):
             main.close()
-
-
-def psycopg_module():
-    import psycopg
-
-    return psycopg
 
 
 def connection_error(exc, conn: ConnInfo) -> LifeboatError:

@@ -42,10 +42,13 @@ def terminate(
     ended: set[int] = set()
     in_transaction: set[int] = set()
     while True:
+        # Client sessions only: an autovacuum worker counts as a superuser process
+        # (a non-superuser may not signal it) and the server itself ends it when
+        # the database is renamed or dropped.
         rows = db.execute(
-            "SELECT pid, xact_start IS NOT NULL, backend_type = 'client backend'"
+            "SELECT pid, xact_start IS NOT NULL, true"
             " FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
-            " AND pid IS DISTINCT FROM %s",
+            " AND pid IS DISTINCT FROM %s AND backend_type = 'client backend'",
             (name, spare),
         ).fetchall()
         if not rows:

@@ -1,4 +1,4 @@
-"""What playbooks/provision.yml leaves on a host, checked inside the containers.
+"""What provisioning (the installed collection's lifeboat.postgresql.provision) leaves on a host.
 
 The last tests run what the host's scheduler would run (the cron entry's
 command line, the systemd service's ExecStart) as the backup user, against
