@@ -24,7 +24,12 @@ from lifeboat import backup, monitor, naming
 
 
 def stored(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if naming.parse(p.name)) if folder.exists() else []
+    """Backups in a folder, oldest first (by time, then the `-N` of the same second)."""
+    if not folder.exists():
+        return []
+    return sorted(
+        (p for p in folder.iterdir() if naming.parse(p.name)), key=lambda p: naming.parse(p.name)
+    )
 
 
 def aged_copy(path: Path, days: float, backup_type: str | None = None) -> Path:

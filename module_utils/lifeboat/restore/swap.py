@@ -42,13 +42,14 @@ def terminate(
     ended: set[int] = set()
     in_transaction: set[int] = set()
     while True:
-        # Client sessions only: an autovacuum worker counts as a superuser process
-        # (a non-superuser may not signal it) and the server itself ends it when
-        # the database is renamed or dropped.
+        # Sessions of a role only: an autovacuum worker has none, counts as a
+        # superuser process (a non-superuser may not signal it), and the server
+        # itself ends it when the database is renamed or dropped. (backend_type
+        # would hide other roles' sessions: it is NULL for them to a non-superuser.)
         rows = db.execute(
             "SELECT pid, xact_start IS NOT NULL, true"
             " FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
-            " AND pid IS DISTINCT FROM %s AND backend_type = 'client backend'",
+            " AND pid IS DISTINCT FROM %s AND usesysid IS NOT NULL",
             (name, spare),
         ).fetchall()
         if not rows:
