@@ -76,12 +76,17 @@ class DbProps:
         )
 
 
-def read(db, name: str) -> DbProps | None:
-    """The properties of database `name` as the server holds them; None if it does not exist."""
-    version = db.info.server_version
+def locale_columns(version: int) -> tuple[str, str]:
+    """pg_database's locale provider and ICU locale columns, as this server names them."""
     icu = "daticulocale" if version >= 150000 else "NULL"
     icu = "datlocale" if version >= 170000 else icu
     provider = "datlocprovider::text" if version >= 150000 else "'c'"
+    return provider, icu
+
+
+def read(db, name: str) -> DbProps | None:
+    """The properties of database `name` as the server holds them; None if it does not exist."""
+    provider, icu = locale_columns(db.info.server_version)
     row = db.execute(
         f"SELECT oid, pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate,"
         f" datctype, {provider}, {icu}, datconnlimit, shobj_description(oid, 'pg_database'),"

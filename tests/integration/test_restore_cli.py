@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import OWNER, OWNER_PASSWORD, ROOT, fingerprint, make_db, run_cli
+from pressure import child_pid
 
 from lifeboat import naming
 
@@ -359,23 +360,6 @@ def test_role_without_createdb_is_told_which_privilege(pg, tmp_path, lifeboat_en
     pg.psql("DROP DATABASE weakdb")
 
 
-def _wait_for_child(parent: int, name: str, timeout: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                status = Path(f"/proc/{pid}/status").read_text()
-                fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-                if fields.get("Name", "").strip() == name and fields.get("PPid", "").strip() == str(
-                    parent
-                ):
-                    return int(pid)
-        time.sleep(0.005)
-    raise AssertionError(f"{name} never started under {parent}")
-
-
 def _big(pg):
     # The kill windows are held open by SIGSTOPping psql as soon as it starts; the
     # rows only need to outlast that (a few ms), not the whole test.
@@ -398,7 +382,7 @@ def test_sigkill_mid_restore_leaves_original_and_next_restore_works(pg, backup_d
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    psql = _wait_for_child(proc.pid, "psql")
+    psql = child_pid(proc.pid, "psql", timeout=30)
     os.kill(psql, signal.SIGSTOP)  # freeze it mid-stream, so the kill lands mid-restore
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
@@ -442,7 +426,7 @@ def test_server_stopped_mid_restore_leaves_original(pg_tmp, backup_dir, lifeboat
             stderr=subprocess.PIPE,
             text=True,
         )
-        psql = _wait_for_child(proc.pid, "psql")
+        psql = child_pid(proc.pid, "psql", timeout=30)
         os.kill(psql, signal.SIGSTOP)  # hold it mid-stream while the server goes away
         cluster.stop("immediate")
         os.kill(psql, signal.SIGCONT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import (
+    dbprops,
     pg,
 )
 from ..conninfo import ConnInfo
@@ -33,10 +34,7 @@ class DbInfo:
 
 
 def db_info(db, name: str) -> DbInfo | None:
-    version = db.info.server_version
-    icu = "daticulocale" if version >= 150000 else "NULL"
-    icu = "datlocale" if version >= 170000 else icu
-    provider = "datlocprovider::text" if version >= 150000 else "'c'"
+    provider, icu = dbprops.locale_columns(db.info.server_version)
     row = db.execute(
         f"SELECT datname, pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate,"
         f" datctype, {provider}, {icu}, datconnlimit, datallowconn,"
