@@ -69,6 +69,7 @@ def load(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
 # version, and that an older server rejects ("unrecognized configuration
 # parameter"): (first server version that has it, its name).
 NEWER_SETTINGS = ((170000, b"transaction_timeout"),)
+HEADER_BYTES = 1 << 20  # where they are looked for when no TOC entry comes first
 
 
 def older_server_fix(server: int):
@@ -78,7 +79,20 @@ def older_server_fix(server: int):
     if not names:
         return None
     line = re.compile(rb"(?m)^SET (?:" + b"|".join(names) + rb") = [^\n;']*;$")
-    return lambda data: line.sub(lambda m: b"-- " + m.group(0)[3:], data)
+    seen = 0  # pg_dump writes them once, in its header, before the first TOC entry
+
+    def fix(data: bytes) -> bytes:
+        # Only the header is rewritten: a regex over every COPY block of a
+        # large dump costs more CPU than all the restore's checks together.
+        nonlocal seen
+        if seen < 0:
+            return data
+        end = data.find(b"\n-- Name: ")
+        seen = -1 if end >= 0 or seen + len(data) > HEADER_BYTES else seen + len(data)
+        end = len(data) if end < 0 else end
+        return line.sub(lambda m: b"-- " + m.group(0)[3:], data[:end]) + data[end:]
+
+    return fix
 
 
 def load_plain(
