@@ -11,7 +11,8 @@ DEMO_DIR := $(CURDIR)/.demo
 
 # Debian packages the tests use, as package:probe pairs.
 TEST_SYSTEM_DEPS := postgresql-15:/usr/lib/postgresql/*/bin/initdb postgresql-client:pg_dump \
-	logrotate:logrotate cron:cron faketime:faketime age:age zstd:zstd pgbackrest:pgbackrest
+	logrotate:logrotate cron:cron faketime:faketime age:age zstd:zstd pgbackrest:pgbackrest \
+	jq:jq
 
 .PHONY: help setup setup-test backup test test-unit test-integration lint bench clean demo-stop \
 	molecule molecule-setup collection

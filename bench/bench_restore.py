@@ -6,10 +6,10 @@ Under test (the original benchmark database is never touched: lifeboat
 restores into another database that already exists, so the swap and the
 drop of the replaced database are included):
 - `lifeboat restore --file FILE.sql.gz --skip-pre-backup` (the default backup,
-  streamed into one psql: plain_jobs=1, the default)                          target <= 0.75x
+  loaded over 2 connections: plain_jobs=2, the default)                       target <= 0.75x
 - `lifeboat restore --file FILE.dump --skip-pre-backup` (custom format, -j2)    target <= 0.65x
-- the .sql.gz restore again split over LIFEBOAT_BENCH_JOBS (2,4) connections
-  (LIFEBOAT_PLAIN_JOBS), reported
+- the .sql.gz restore again with LIFEBOAT_BENCH_JOBS (1,4) connections
+  (LIFEBOAT_PLAIN_JOBS; 1 is one stock psql), reported
 Both include lifeboat's checks: size and sha256 before it starts, the
 stream's trailer and per-table row counts while it loads, exact row counts
 (count(*)) after, ANALYZE, then the swap. Then the default path a user runs,
@@ -24,6 +24,7 @@ the cached 1 GB one, e.g. a small one while developing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -32,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, ROUNDS, big_database, report, timed
+from common import CPU, ROOT, ROUNDS, big_database, report, timed
 
 LIFEBOAT = str(ROOT / ".venv/bin/lifeboat")
 TARGET = "bench_restore_target"
@@ -67,7 +68,7 @@ def backup(env: dict, store: Path, fmt: str) -> Path:
     return path
 
 
-JOBS = [int(j) for j in os.environ.get("LIFEBOAT_BENCH_JOBS", "2,4").split(",")]
+JOBS = [int(j) for j in os.environ.get("LIFEBOAT_BENCH_JOBS", "1,4").split(",")]
 
 
 def restore(env: dict, path: Path) -> tuple[float, float]:
@@ -108,7 +109,11 @@ def baseline(url: str, path: Path) -> float:
 
 
 def main() -> int:
-    url = os.environ.get("LIFEBOAT_BENCH_URL") or big_database()[1]
+    cluster, url = (
+        (None, os.environ["LIFEBOAT_BENCH_URL"])
+        if os.environ.get("LIFEBOAT_BENCH_URL")
+        else big_database()
+    )
     work = Path(tempfile.mkdtemp(prefix="lifeboat-bench-restore-", dir=ROOT / ".cache"))
     store = work / "store"
     env = dict(
@@ -124,11 +129,19 @@ def main() -> int:
         sizes = plain.stat().st_size / 2**20, custom.stat().st_size / 2**20
         # Interleaved rounds, best of each: a noisy neighbour hits all three alike.
         bases, plains, customs = [], [], []
-        by_jobs: dict[int, list[float]] = {j: [] for j in JOBS if j != 1}
+        by_jobs: dict[int, list[float]] = {j: [] for j in JOBS if j != 2}
+        usage = {}  # CPU of each side in the last round (only on the bench's own cluster)
+
+        def metered(name: str, fn, times: list) -> None:
+            with CPU(cluster.datadir) if cluster else contextlib.nullcontext() as cpu:
+                times.append(fn())
+            usage[name] = cpu
+
         for _ in range(ROUNDS):
-            bases.append(baseline(url, plain))
-            plains.append(restore(env, plain))  # one psql, the default (plain_jobs 1)
-            customs.append(restore(env, custom))
+            metered("gunzip -c | psql", lambda: baseline(url, plain), bases)
+            # the default: plain_jobs 2
+            metered("lifeboat .sql.gz", lambda: restore(env, plain), plains)
+            metered("lifeboat custom -j2", lambda: restore(env, custom), customs)
             for jobs, times in by_jobs.items():
                 times.append(restore(dict(env, LIFEBOAT_PLAIN_JOBS=str(jobs)), plain)[0])
         base = min(bases)
@@ -170,6 +183,14 @@ def main() -> int:
         f"custom -j2 {parallel:.1f}s (best of {ROUNDS}); "
         f"worst swap windows {swap_ms:.0f} / {swap_custom:.0f} ms"
     )
+    if cluster:  # how much of the machine each side keeps busy (last round)
+        print(
+            f"CPU ({os.cpu_count()} cores): "
+            + "; ".join(
+                f"{name} {c.client:.1f}s client + {c.server:.1f}s server = {c.cores:.2f} cores"
+                for name, c in usage.items()
+            )
+        )
     jobs_line = ", ".join(
         [f"jobs=2 {ours / base:.2f}x"]
         + [f"jobs={j} {min(t) / base:.2f}x" for j, t in sorted(by_jobs.items())]

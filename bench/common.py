@@ -147,6 +147,9 @@ def timed_pg_bin(folder: Path, cpu_log: Path) -> Path:
     return folder
 
 
+DUMP_SUFFIXES = (".sql.gz", ".dir", ".dir.tar")  # plain; directory; directory as one tar
+
+
 def measured_backup(url: str, backup_dir: Path, extra_env: dict | None = None):
     """One `lifeboat backup` run: (seconds, dump file, peak RSS MiB, lifeboat's own CPU
     seconds, pg_dump's CPU seconds). Wall time includes the pg_dump wrapper (a fork)."""
@@ -167,7 +170,7 @@ def measured_backup(url: str, backup_dir: Path, extra_env: dict | None = None):
         ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *LIFEBOAT_CMD, "backup", "-q"],
         env=env,
     )
-    [dump] = [p for p in (backup_dir / "daily").iterdir() if p.name.endswith(".sql.gz")]
+    [dump] = [p for p in (backup_dir / "daily").iterdir() if p.name.endswith(DUMP_SUFFIXES)]
     rss_kib, user, system = rss_file.read_text().split()[-3:]
     total = float(user) + float(system)  # lifeboat and every child it waited for
     pg_dump_cpu = sum(float(v) for v in cpu_log.read_text().split())  # --version call too
@@ -189,6 +192,37 @@ def timed(argv_or_fn, *, shell: bool = False, env=None) -> float:
             executable="/bin/bash" if shell else None,
         )
     return time.perf_counter() - started
+
+
+class CPU:
+    """CPU seconds spent while the block runs: by this process's children (the
+    commands it waited for, their children included) and by the server's
+    processes that exited meanwhile (backends, parallel workers: the
+    postmaster's reaped children). `cores` is their sum over the wall time."""
+
+    def __init__(self, datadir: Path):
+        self._pid = int((datadir / "postmaster.pid").read_text().split()[0])
+
+    def _server(self) -> float:
+        with open(f"/proc/{self._pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _client() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def __enter__(self):
+        self._start = (time.perf_counter(), self._client(), self._server())
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self._start[0]
+        time.sleep(1)  # the postmaster reaps its exited backends
+        self.client = self._client() - self._start[1]
+        self.server = self._server() - self._start[2]
+        self.cores = (self.client + self.server) / wall
 
 
 def best_of(n: int, fn) -> float:

@@ -82,7 +82,7 @@ options:
   plain_jobs:
     description: Not used by backups; accepted so backup and restore share their settings.
     type: int
-    default: 1
+    default: 2
   threads:
     description: Compression threads for plain format.
     type: int

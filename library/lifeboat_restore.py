@@ -126,10 +126,10 @@ options:
   plain_jobs:
     description:
       - Connections a restore of a plain dump loads with.
+      - C(2) or more split its C(COPY) blocks and index builds over that many connections.
       - C(1) streams it into one C(psql) in one transaction (the stock path).
-      - More split its C(COPY) blocks and index builds over that many connections.
     type: int
-    default: 1
+    default: 2
   threads:
     description: Compression threads for the pre-restore backup.
     type: int

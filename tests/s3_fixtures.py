@@ -190,3 +190,103 @@ class CuttingProxy:
     def close(self) -> None:
         self._cut()
         self.sock.close()
+
+
+def tls_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate it signed for localhost and 127.0.0.1.
+
+    Returns (ca.crt, server.crt, server.key). pgBackRest matches the endpoint's
+    host name against DNS names only, so clients must say `localhost`.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = folder / "ca.key", folder / "ca.crt"
+    key, csr, crt = folder / "server.key", folder / "server.csr", folder / "server.crt"
+    ext = folder / "server.ext"
+    ext.write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    )
+
+    def openssl(*args) -> None:
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")  # quick to make and use
+    openssl("req", "-x509", *ec, "-nodes", "-days", "2",
+            "-subj", "/CN=lifeboat test CA", "-keyout", ca_key, "-out", ca_crt,
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    openssl("req", *ec, "-nodes", "-subj", "/CN=localhost",
+            "-keyout", key, "-out", csr)  # fmt: skip
+    openssl("x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+            "-days", "2", "-extfile", ext, "-out", crt)  # fmt: skip
+    ca_crt.chmod(0o644)
+    return ca_crt, crt, key
+
+
+class TlsProxy:
+    """HTTPS on loopback in front of a plain-HTTP endpoint (the moto server).
+
+    Each connection ends with a TLS close_notify, as real S3 and MinIO do.
+    moto's own `--ssl-cert` (werkzeug) closes the socket without one, and
+    pgBackRest (OpenSSL 3) then fails every PUT answered with `Connection:
+    close` with "TLS error [1:167772454] unexpected eof while reading".
+    """
+
+    def __init__(self, upstream_port: int, cert: Path, key: Path):
+        import asyncio
+        import ssl
+
+        self.upstream_port = upstream_port
+        self.connections = 0
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(cert), str(key))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=context), self._loop
+        ).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def endpoint(self) -> str:
+        """host:port as pgBackRest's repo1-s3-endpoint/-storage-port want it."""
+        return f"localhost:{self.port}"
+
+    async def _serve(self, client_reader, client_writer) -> None:
+        import asyncio
+
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pump(reader, writer, half_close: bool) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            if half_close:  # the client finished its request: let the answer come back
+                with contextlib.suppress(OSError):
+                    writer.write_eof()
+
+        upward = asyncio.ensure_future(pump(client_reader, up_writer, True))
+        await pump(up_reader, client_writer, False)
+        client_writer.close()  # over TLS: sends close_notify
+        with contextlib.suppress(OSError, ConnectionError):
+            await client_writer.wait_closed()
+        up_writer.close()
+        upward.cancel()
+
+    def close(self) -> None:
+        import asyncio
+
+        async def stop() -> None:
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+            await self._server.wait_closed()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

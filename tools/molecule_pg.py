@@ -1,12 +1,15 @@
 """The PostgreSQL server the Molecule hosts back up (containers share the host network).
 
-  molecule_pg.py start ROOT  -> prints DB_URL=..., DB2_URL=..., DB3_URL=..., SERVER_MAJOR=... lines
+  molecule_pg.py start ROOT  -> prints DB_URL=..., DB2_URL=..., DB3_URL=..., SERVER_MAJOR=...,
+                                PITR_PORT=... lines
   molecule_pg.py stop ROOT   -> stops the cluster and removes ROOT
 
 Three databases (plotzed, reports and ledger, the demo schema) owned by a role
 whose password needs URL-encoding, reached over 127.0.0.1 with scram-sha-256.
 lifeboat-db1 backs up the first two, lifeboat-db2 the third, so the hosts'
-restores never replace the same database at once.
+restores never replace the same database at once. PITR_PORT is a free port for
+the cluster lifeboat-db1 runs itself (point-in-time recovery needs the server on
+the host that archives its WAL; the hosts share this network).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def start(root: Path) -> int:
         )
     major = int(cluster.psql("SHOW server_version_num")) // 10000
     print(f"DB_URL={urls[0]}\nDB2_URL={urls[1]}\nDB3_URL={urls[2]}\nSERVER_MAJOR={major}")
+    print(f"PITR_PORT={pgcluster.free_port()}")
     return 0
 
 

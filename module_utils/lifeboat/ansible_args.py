@@ -40,14 +40,15 @@ BACKUP_TYPE = {"type": "str", "choices": list(naming.SCHEDULED_TYPES), "default"
 SECRET_ITEM_KEYS = frozenset({"url", "password"})
 
 
-def _password(conninfo: str) -> str | None:
+def _password(text: str) -> str | None:
     """The password inside a connection string, read with libpq's own parser."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict
+    from .conninfo import libpq
 
-        return conninfo_to_dict(conninfo).get("password") or None
-    except Exception:  # no psycopg, or a string libpq refuses: the whole string stays hidden
+    try:
+        options = libpq().parse(text)
+    except Exception:  # no libpq, or a string libpq refuses: the whole string stays hidden
         return None
+    return next((o.val for o in options if o.keyword == "password" and o.val), None)
 
 
 def mask_credentials_only(module) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -17,6 +18,7 @@ from . import (
     cluster_globals,
     compress,
     dbprops,
+    dirtar,
     dump,
     encrypt,
     eventlog,
@@ -201,16 +203,19 @@ def backup_one(
             encryption = encrypt.describe(opts.recipients)
             encrypt.check_recipients(opts.recipients)
         started = now or utcnow()
+        archive = archived(settings, backup_type)
         bname = store.unique_name(
             naming.build(
                 target.label,
                 backup_type,
                 started,
-                naming.extension(opts.fmt, opts.compression, bool(opts.recipients)),
+                naming.extension(opts.fmt, opts.compression, bool(opts.recipients), archive),
             )
         )
         log.info("backup started: %s -> %s", target.conn.where(), store.abspath(bname.path))
         upload = store.begin(bname)
+        # pg_dump's folder when it becomes a tar; a leftover is removed like a .partial.
+        work = upload.final + naming.WORK_SUFFIX + naming.PARTIAL_SUFFIX if archive else None
         # Pre-restore safety copies stay local: an S3 outage must not block a restore.
         offsite = s3_store_for(settings) if backup_type != "pre-restore" else None
         remote = offsite.begin(bname) if offsite else None
@@ -222,7 +227,12 @@ def backup_one(
         try:
             if before_dump is not None:
                 before_dump()
-            if opts.fmt == "directory":
+            archive_rows = None
+            if archive:
+                produced, tar_fields, archive_rows = archive_dump(
+                    settings, target, opts, upload, remote, work
+                )
+            elif opts.fmt == "directory":
                 produced = dump.directory_dump(target.conn, opts, upload.directory())
             else:
                 sink = upload.open_file()
@@ -249,7 +259,10 @@ def backup_one(
                 encryption=encryption,
                 database_properties=props.as_dict() if props else None,
             )
-            if opts.fmt != "plain":
+            if archive:  # one tar of the folder pg_restore read whole (archive_dump)
+                manifest.update(tar_fields)
+                manifests.set_rows(manifest, archive_rows)
+            elif opts.fmt != "plain":
                 # Archives are read whole by pg_restore before they count; the rows of
                 # every table's data come from that read, exact, as for plain dumps.
                 report = verify.verify_file(upload.partial, manifest, settings.pg_bin_dir)
@@ -262,16 +275,59 @@ def backup_one(
             upload.commit(trust.seal(manifest))
         except BaseException:
             upload.abort()
+            if work:
+                store_module._unlink(work)
             cluster_globals.discard(store.abspath(bname.path))
             if remote:
                 remote.abort()
             raise
+        if work:
+            store_module._unlink(work)
         result.file = store.abspath(bname.path)
         result.size = produced.size
         result.sha256 = produced.sha256
         prune_after_backup(store, settings, backup_type, target.label, now, result)
         if remote:
             finish_offsite(offsite, remote, manifest, settings, backup_type, target, result, now)
+
+
+def archived(settings: Settings, backup_type: str) -> bool:
+    """A directory dump becomes one tar (dirtar.py) when it is encrypted or copied to S3.
+
+    Pre-restore copies stay local: unencrypted, they stay a folder pg_restore reads as is.
+    """
+    offsite = bool(settings.s3_bucket) and backup_type != "pre-restore"
+    return settings.format == "directory" and bool(settings.encrypt_recipients or offsite)
+
+
+def archive_dump(settings, target, opts, upload, remote, work):
+    """pg_dump -Fd -j N into `work`, then one tar [through age] into the local file and S3.
+
+    Returns (the object's DumpResult, the manifest's tar fields, exact rows).
+    While the tar streams, pg_restore reads the folder whole (every data block
+    decompressed, every table's rows counted) on the other core: a dump that
+    does not read back never becomes a backup.
+    """
+    produced = dump.directory_dump(target.conn, opts, work, digest=False)
+    started = time.monotonic()
+    with ThreadPoolExecutor(1, thread_name_prefix="lifeboat-verify") as pool:
+        checked = pool.submit(verify.verify_file, work, None, settings.pg_bin_dir)
+        sink = upload.open_file()
+        tree, hasher = dirtar.write(work, Tee(sink, remote) if remote else sink, opts.recipients)
+        report = checked.result()
+    produced.size, produced.sha256 = hasher.size, hasher.sha256.hexdigest()
+    produced.uncompressed_size, produced.files = tree.uncompressed_size, tree.files
+    archived_in = time.monotonic() - started
+    produced.duration += archived_in
+    log.info(
+        "archived %d files (%s) in %.1fs", len(tree.files), human_size(produced.size), archived_in
+    )
+    fields = {
+        "container": dirtar.CONTAINER,
+        "directory_sha256": tree.sha256,  # the files' digest (dump.tree_digest), once unpacked
+        "archive_seconds": round(archived_in, 3),  # of duration_seconds: tar, age, upload
+    }
+    return produced, fields, report.rows
 
 
 def finish_offsite(offsite, remote, manifest, settings, backup_type, target, result, now) -> None:
@@ -357,7 +413,10 @@ def plan(settings: Settings, backup_type: str = "daily", now: datetime | None = 
                 backup_type,
                 now,
                 naming.extension(
-                    settings.format, settings.compression, bool(settings.encrypt_recipients)
+                    settings.format,
+                    settings.compression,
+                    bool(settings.encrypt_recipients),
+                    archived(settings, backup_type),
                 ),
             )
         )

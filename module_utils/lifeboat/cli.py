@@ -572,8 +572,17 @@ def cmd_pitr(args) -> int:
         if args.json:
             return emit_json(found, 0 if found["ok"] else 1)
         print("\n".join(drill.describe(found)))
+        for warning in found["warnings"]:
+            print(f"  warning: {warning}")
         return 0 if found["ok"] else 1
     found = pitr.report(settings, settings.targets[0].conn)
+    from . import eventlog
+    from .pitr import alert
+
+    # Cron runs this every five minutes: a change of state (not every run) reaches the
+    # backup log, the run state and the notifications, like a failed backup.
+    with eventlog.attached(settings):
+        found["warnings"] = alert.watch(settings, found)
     if settings.metrics_dir:  # lifeboat_pitr.prom beside lifeboat.prom
         from .pitr.report import write_metrics
 
@@ -581,6 +590,8 @@ def cmd_pitr(args) -> int:
     if args.json:
         return emit_json(found, 0 if found["ok"] else 1)
     print("\n".join(pitr.report_lines(found)))
+    for warning in found["warnings"]:  # e.g. a notification that could not be sent
+        print(f"  warning: {warning}")
     return 0 if found["ok"] else 1
 
 

@@ -286,7 +286,7 @@ def drill_one(
             result.warnings.append(f"repaired: {line}")
         clock = time.monotonic()
         source.pin()  # retention leaves a backup being drilled alone
-        source.fetch(work_dir)
+        source.fetch(work_dir, settings.encrypt_identity_file)
         timings["fetch"] = round(time.monotonic() - clock, 3)
         mark = time.monotonic()
         report = restore.check_source(
@@ -368,7 +368,7 @@ def _cleaned(source, work_dir: str):
     if os.path.isdir(work_dir):
         for name in os.listdir(work_dir):
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(work_dir, name))
+                storefs.remove(os.path.join(work_dir, name))  # a file, or an unpacked tar
     try:
         yield
     finally:

@@ -241,7 +241,7 @@ class DumpOptions:
     threads: int = 2
     pg_bin_dir: str | None = None
     extra_args: tuple[str, ...] = ()
-    recipients: tuple[str, ...] = ()  # age recipients (plain only): encrypt after compressing
+    recipients: tuple[str, ...] = ()  # age recipients: encrypt after compressing (or the tar)
     lock_timeout: int | None = None  # seconds pg_dump waits for each table lock (pglocks.py)
 
 
@@ -358,8 +358,13 @@ def stream_dump(
     return result
 
 
-def directory_dump(conn: ConnInfo, opts: DumpOptions, out_dir: str) -> DumpResult:
-    """Dump in directory format (parallel with --jobs) into `out_dir` (must not exist)."""
+def directory_dump(
+    conn: ConnInfo, opts: DumpOptions, out_dir: str, digest: bool = True
+) -> DumpResult:
+    """Dump in directory format (parallel with --jobs) into `out_dir` (must not exist).
+
+    `digest=False`: the caller reads the files anyway (dirtar.write hashes them then).
+    """
     pg_dump = pg.find_tool("pg_dump", opts.pg_bin_dir)
     result = DumpResult(pg_dump_version=pg.tool_version(pg_dump))
     started = time.monotonic()
@@ -374,7 +379,8 @@ def directory_dump(conn: ConnInfo, opts: DumpOptions, out_dir: str) -> DumpResul
     stderr = redact(proc.stderr.decode("utf-8", "replace"), conn.password)
     if proc.returncode != 0:
         raise _dump_error(proc.returncode, stderr, conn, opts.lock_timeout)
-    result.sha256, result.size, result.files = tree_digest(out_dir)
+    if digest:
+        result.sha256, result.size, result.files = tree_digest(out_dir)
     result.duration = time.monotonic() - started
     return result
 

@@ -2,7 +2,9 @@
 
 A plain-format backup is `pg_dump | compress | age -r R1 -r R2 ...`, so anyone
 with an identity decrypts it without lifeboat:
-`age -d -i key.txt FILE.sql.gz.age | gunzip | psql`. Recipients are public
+`age -d -i key.txt FILE.sql.gz.age | gunzip | psql`. A directory dump is
+encrypted as one tar (dirtar.py): `age -d -i key.txt FILE.dir.tar.age | tar -x -C DIR`,
+then `pg_restore -j N -d DB DIR`. Recipients are public
 keys (argv is fine); the identity file is secret: only its path is ever
 passed, its contents never leave the file. sha256 and size in the manifest
 are over the encrypted bytes (what is stored and uploaded).
@@ -18,7 +20,7 @@ import subprocess
 import tempfile
 import threading
 
-from . import children
+from . import children, naming
 from .errors import ConfigError, DumpFailed, RestoreRefused, VerificationFailed
 
 METHOD = "age"
@@ -74,11 +76,8 @@ def check_config(merged: dict, fmt: str) -> dict:
                 "Use public keys as `age-keygen -y key.txt` prints them (age1...), or the "
                 "path of a recipients file.",
             )
-    if recipients and fmt != "plain":
-        raise ConfigError(
-            f"client-side encryption needs format plain (format is {fmt}).",
-            "Set lifeboat_format: plain, or empty lifeboat_encrypt_recipients.",
-        )
+    if recipients:
+        naming.extension(fmt, "none", encrypted=True)  # plain, or directory as one tar
     identity = merged.get("encrypt_identity_file") or None
     return {
         "encrypt_recipients": tuple(recipients),

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 
+from . import storefs
 from .errors import ConfigError
 
 log = logging.getLogger("lifeboat")
@@ -64,7 +65,17 @@ def open_handler(path: str, fmt: str) -> logging.Handler:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, mode=0o750, exist_ok=True)
     # Create with a private mode; FileHandler would use the umask.
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
+    try:  # only a file this call creates is handed over, never one found there
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            owner = storefs.owner_for(folder)
+            if owner is not None:  # created by root: the backup user must keep appending
+                os.fchown(fd, *owner)
+        finally:
+            os.close(fd)
     handler = _LogFile(path, mode="a", encoding="utf-8")
     handler.setFormatter(JsonFormatter() if fmt == "json" else text_formatter())
     handler.setLevel(logging.INFO)

@@ -148,6 +148,28 @@ def dirs(store_lock_dir: str) -> list[str]:
     return found
 
 
+# A restore's journal (restore/journal.py) lives beside its database's lock.
+JOURNAL_SUFFIX = ".restore.json"
+
+
+def any_journal(store_lock_dir: str) -> bool:
+    """Whether any database may have a restore journal here (`dirs`).
+
+    Status asks this first: with none, it needs neither the restore package nor
+    each database's lock key (libpq) - its usual case, paid once per host.
+    """
+    for lock_dir in dirs(store_lock_dir):
+        try:
+            names = os.listdir(lock_dir)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True  # cannot tell: let the full check look per database
+        if any(name.endswith(JOURNAL_SUFFIX) for name in names):
+            return True
+    return False
+
+
 @contextlib.contextmanager
 def hold_database(store_lock_dir: str, conn):
     """Lock the database `conn` reaches (whatever its label); yields the lock's directory.

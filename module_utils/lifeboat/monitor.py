@@ -53,7 +53,10 @@ def read_states(backup_dir: str) -> dict[tuple[str, str], dict]:
 def write_json_atomic(path: str, data: dict, mode: int = 0o600) -> None:
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     # never through a planted link; a per-process temp name for concurrent writers
-    storefs.write_atomic(path, text.encode(), "state file", mode, tmp=f"{path}.{os.getpid()}.tmp")
+    storefs.write_atomic(
+        path, text.encode(), "state file", mode, tmp=f"{path}.{os.getpid()}.tmp",
+        owner=storefs.owner_for(os.path.dirname(path)),
+    )  # fmt: skip
 
 
 def update_state(state: dict, event: notify.Event) -> dict:
@@ -82,6 +85,8 @@ def update_state(state: dict, event: notify.Event) -> dict:
     else:
         # verify / restore: room for drills (last verified, RTO) next to the backup state.
         prefix = f"last_{event.kind}"
+        if state.get(f"{prefix}_result") != event.outcome:  # when this outcome began
+            state[f"{prefix}_since"] = event.time
         state[f"{prefix}_at"] = event.time
         state[f"{prefix}_result"] = event.outcome
         if event.ok:

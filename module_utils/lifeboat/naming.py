@@ -27,14 +27,19 @@ EXTENSIONS = {
     ("directory", "gzip"): ".dir",
     ("directory", "none"): ".dir",
 }
-# age client-side encryption (encrypt.py) appends this; plain format only.
+# A directory dump copied to S3 or encrypted is one POSIX tar stream (dirtar.py).
+ARCHIVE_SUFFIX = ".tar"
+# age client-side encryption (encrypt.py) appends this; plain format and tar archives.
 ENCRYPTED_SUFFIX = ".age"
 _ALL_EXTENSIONS = {
     *EXTENSIONS.values(),
     *(ext + ENCRYPTED_SUFFIX for (fmt, _), ext in EXTENSIONS.items() if fmt == "plain"),
+    ".dir" + ARCHIVE_SUFFIX,
+    ".dir" + ARCHIVE_SUFFIX + ENCRYPTED_SUFFIX,
 }
 MANIFEST_SUFFIX = ".manifest.json"
 GLOBALS_SUFFIX = ".globals.sql"  # pg_dumpall --globals-only beside a backup (cluster_globals)
+WORK_SUFFIX = ".pg_dump"  # `<name>.pg_dump.partial`: the directory pg_dump fills before the tar
 PARTIAL_SUFFIX = ".partial"
 TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
 
@@ -104,7 +109,8 @@ def legacy_label(database: str) -> str:
     return label or "database"
 
 
-def extension(fmt: str, compression: str, encrypted: bool = False) -> str:
+def extension(fmt: str, compression: str, encrypted: bool = False, archive: bool = False) -> str:
+    """The file extension; `archive`: a directory dump as one tar (always when encrypted)."""
     try:
         ext = EXTENSIONS[(fmt, compression)]
     except KeyError:
@@ -113,14 +119,24 @@ def extension(fmt: str, compression: str, encrypted: bool = False) -> str:
             "plain takes gzip, zstd or none; custom and directory take gzip or none "
             "(pg_dump compresses them itself).",
         ) from None
+    if fmt == "directory" and (archive or encrypted):
+        ext += ARCHIVE_SUFFIX
     if encrypted:
-        if fmt != "plain":
+        if fmt not in ENCRYPTED_FORMATS:
             raise ConfigError(
-                f"client-side encryption needs format plain (format is {fmt}).",
-                "Set lifeboat_format: plain, or empty lifeboat_encrypt_recipients.",
+                f"client-side encryption needs format plain or directory (format is {fmt}).",
+                "Set lifeboat_format: plain (or directory), or empty lifeboat_encrypt_recipients.",
             )
         ext += ENCRYPTED_SUFFIX
     return ext
+
+
+ENCRYPTED_FORMATS = ("plain", "directory")
+
+
+def is_archive(ext: str) -> bool:
+    """The name is a directory dump packed into one tar (dirtar.py)."""
+    return ext.removesuffix(ENCRYPTED_SUFFIX).endswith(ARCHIVE_SUFFIX)
 
 
 def build(label: str, backup_type: str, created: datetime, ext: str, seq: int = 0) -> BackupName:
@@ -139,7 +155,7 @@ def parse(name: str) -> BackupName | None:
 
 def format_of(ext: str) -> tuple[str, str]:
     """(format, compression) for an extension; the inverse of `extension`."""
-    ext = ext.removesuffix(ENCRYPTED_SUFFIX)
+    ext = ext.removesuffix(ENCRYPTED_SUFFIX).removesuffix(ARCHIVE_SUFFIX)
     for key, value in EXTENSIONS.items():
         if value == ext:
             return key

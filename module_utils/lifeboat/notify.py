@@ -30,7 +30,7 @@ from .units import human_size, iso
 
 log = logging.getLogger("lifeboat")
 
-KINDS = ("backup", "restore", "verify")
+KINDS = ("backup", "restore", "verify", "pitr")  # pitr: a change of state (pitr/alert.py)
 OUTCOMES = ("success", "failure")
 SECURITY = ("none", "starttls", "tls")
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}

@@ -379,7 +379,8 @@ class S3Store:
             )
         else:
             manifest = manifest if manifest is not None else self.read_manifest(entry)
-        if manifest is not None and manifest.get("format") == "directory":
+        packed = (manifest or {}).get("container") == "tar"  # one tar of the folder: dirtar.py
+        if manifest is not None and manifest.get("format") == "directory" and not packed:
             raise ConfigError(
                 f"{entry.location} is a directory archive.",
                 "Directory-format backups are never uploaded to S3.",

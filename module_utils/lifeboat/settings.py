@@ -317,7 +317,7 @@ def build(merged: dict) -> Settings:
         pg_bin_dir=merged["pg_bin_dir"],
         pg_dump_args=tuple(extra),
         lock_timeout=_int(merged, "lock_timeout", 1, 86400),
-        **s3_settings(merged, fmt),
+        **s3_settings(merged),
         **monitoring_settings(merged),
         **verify.check_config(merged),
         **encrypt.check_config(merged, fmt),
@@ -325,7 +325,7 @@ def build(merged: dict) -> Settings:
     )
 
 
-def s3_settings(merged: dict, fmt: str) -> dict:
+def s3_settings(merged: dict) -> dict:
     """The S3 settings, checked; none of them is a secret."""
     bucket = merged["s3_bucket"] or None
     sse = merged["s3_sse"] or None
@@ -335,12 +335,6 @@ def s3_settings(merged: dict, fmt: str) -> dict:
         raise ConfigError(
             "s3_sse_kms_key_id is set but s3_sse is not aws:kms.",
             "Set lifeboat_s3_sse: aws:kms, or drop the key id.",
-        )
-    if bucket and fmt == "directory":
-        raise ConfigError(
-            "The directory format cannot be streamed to S3.",
-            "Use format custom (pg_restore -j restores it in parallel too) or plain, "
-            "or unset lifeboat_s3_bucket / BACKUP_S3_BUCKET.",
         )
     return {
         "s3_bucket": bucket,

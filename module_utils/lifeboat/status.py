@@ -359,6 +359,7 @@ def pitr_row(settings, labels, now: datetime) -> dict:
         "age_seconds": int(age) if age is not None else None,
         "age": human_age(age) if age is not None else "",
         "size": None,
+        "last_hint": " ".join(found.get("hints", [])),  # what to do (shown after the reason)
         "pitr": found,
     }
 
@@ -369,10 +370,14 @@ def interrupted_restores(settings) -> list[str]:
     Connects only where a journal exists; repairs nothing (backup, restore and
     verify do).
     """
-    from .restore.journal import state  # the engine's restore package, on demand
+    from .lock import any_journal
     from .store import LocalStore
 
     lock_dir = LocalStore(settings.backup_dir).lock_dir()
+    if not any_journal(lock_dir):
+        return []
+    from .restore.journal import state  # the engine's restore package, only when needed
+
     found = []
     for target in settings.targets:
         try:

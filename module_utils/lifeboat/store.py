@@ -249,7 +249,8 @@ class LocalStore:
                 if not name.endswith(naming.PARTIAL_SUFFIX):
                     continue
                 base = name[: -len(naming.PARTIAL_SUFFIX)]
-                base = base.removesuffix(naming.MANIFEST_SUFFIX).removesuffix(naming.GLOBALS_SUFFIX)
+                for suffix in (naming.MANIFEST_SUFFIX, naming.GLOBALS_SUFFIX, naming.WORK_SUFFIX):
+                    base = base.removesuffix(suffix)
                 parsed = naming.parse(base)
                 if parsed and parsed.label == label:
                     _unlink(os.path.join(folder, name))

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import stat
 
 from .errors import BackupInUse, UnsafeStore
@@ -109,14 +110,31 @@ def create_exclusive(path: str, what: str, mode: int = FILE_MODE) -> int:
         raise _refuse_other(path, what, "it was re-created while lifeboat replaced it") from None
 
 
+def owner_for(folder: str) -> tuple[int, int] | None:
+    """Who should own a file root creates in `folder`: the folder's owner, so the backup
+    user can still read and replace what cron's `lifeboat pitr status` or `sudo lifeboat
+    restore` wrote. None when not root (files are the writer's own)."""
+    if os.geteuid() != 0:
+        return None
+    info = os.lstat(folder)
+    return info.st_uid, info.st_gid
+
+
 def write_atomic(
-    path: str, data: bytes, what: str, mode: int = FILE_MODE, tmp: str | None = None
+    path: str,
+    data: bytes,
+    what: str,
+    mode: int = FILE_MODE,
+    tmp: str | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> None:
     """Write `data` to a new temporary file, fsync, rename over `path` (a link there is
-    replaced, not followed)."""
+    replaced, not followed). `owner` (uid, gid): root hands the file to that user."""
     tmp = tmp or path + ".partial"
     fd = create_exclusive(tmp, what, mode)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -126,6 +144,14 @@ def write_atomic(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def remove(path: str) -> None:
+    """Remove a file or a folder lifeboat made; a link is removed, never followed."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
 
 
 def read(path: str, what: str) -> bytes:

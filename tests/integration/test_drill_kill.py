@@ -46,7 +46,7 @@ def wait_for(predicate, timeout: float = 30.0):
 
 def test_sigkill_mid_restore_then_next_drill_cleans_up(app_db, backup_dir, lifeboat_env):
     # jobs=1: the psql load, whose psql this test catches
-    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_PLAIN_JOBS="1")
     app_db.sql(SLOW)
     run_cli(["backup"], env, check=True)
     slow(app_db, True)
@@ -88,7 +88,7 @@ def test_sigkill_mid_restore_then_next_drill_cleans_up(app_db, backup_dir, lifeb
 def test_cleanup_leaves_a_running_drills_scratch_alone(app_db, backup_dir, lifeboat_env):
     """Two drills on one server: the second must not drop the first one's scratch."""
     # jobs=1: the psql load, whose psql this test catches
-    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_PLAIN_JOBS="1")
     app_db.sql(SLOW)
     run_cli(["backup"], env, check=True)
     slow(app_db, True)

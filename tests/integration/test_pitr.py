@@ -14,6 +14,7 @@ import pwd
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -110,8 +111,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(pg_tmp):
-    root = pg_tmp / "pitr"
-    root.mkdir()
+    # Its own folder: other modules (test_pitr_notify.py) import this fixture too.
+    root = Path(tempfile.mkdtemp(prefix="pitr-", dir=pg_tmp))
     root.chmod(0o755)
     w = World(root)
     w.cluster.init()

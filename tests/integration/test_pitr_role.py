@@ -9,6 +9,7 @@ nothing.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -55,6 +56,7 @@ def test_role_configures_archiving_without_restarting(pg_tmp):
     cluster.init()
     cluster.start()
     cron_name = f"lifeboat-pitr-test-{os.getpid()}"
+    readers = f"lbpitr-test-{os.getpid()}"  # the role creates it; removed below
     values = {
         "lifeboat_pitr": True,
         "lifeboat_pitr_stanza": "roletest",
@@ -68,6 +70,7 @@ def test_role_configures_archiving_without_restarting(pg_tmp):
         "lifeboat_pitr_work_dir": str(root / "work"),
         "lifeboat_pitr_archive_timeout": 30,
         "lifeboat_pitr_cron_file": cron_name,
+        "lifeboat_pitr_group": readers,
         "ansible_python_interpreter": "/usr/bin/python3",  # postgres (become) can run it
     }
     extra = root / "vars.yml"
@@ -97,6 +100,7 @@ def test_role_configures_archiving_without_restarting(pg_tmp):
         info = conf.stat()
         assert oct(info.st_mode & 0o777) == "0o640"
         assert pwd.getpwuid(info.st_uid).pw_name == "postgres"
+        assert grp.getgrgid(info.st_gid).gr_name == readers  # the backup user may read it
         auto = (cluster.datadir / "postgresql.auto.conf").read_text()
         assert "archive_mode = 'on'" in auto and "archive_timeout = '30'" in auto
         assert "--stanza=roletest archive-push %p" in auto
@@ -115,6 +119,10 @@ def test_role_configures_archiving_without_restarting(pg_tmp):
         )  # fmt: skip
         backups = json.loads(found.stdout)[0]["backup"]
         assert [b["type"] for b in backups] == ["full"]
+        # setgid repository: every file pgBackRest wrote got the readers' group.
+        repo = Path(values["lifeboat_pitr_repo_path"])
+        assert oct(repo.stat().st_mode & 0o7777) == "0o2750"
+        assert {grp.getgrgid(p.stat().st_gid).gr_name for p in repo.rglob("*")} == {readers}
 
         third = _play(play, extra)
         assert third.returncode == 0, third.stdout[-3000:]
@@ -122,3 +130,4 @@ def test_role_configures_archiving_without_restarting(pg_tmp):
     finally:
         cluster.stop("immediate")
         Path("/etc/cron.d", cron_name).unlink(missing_ok=True)
+        subprocess.run(["groupdel", readers], capture_output=True, check=False)

@@ -371,7 +371,7 @@ def _big(pg):
 def test_sigkill_mid_restore_leaves_original_and_next_restore_works(pg, backup_dir, lifeboat_env):
     db = _big(pg)
     # jobs=1: the psql load, whose psql this test catches
-    env = dict(lifeboat_env, DATABASE_URL=db.url)
+    env = dict(lifeboat_env, DATABASE_URL=db.url, LIFEBOAT_PLAIN_JOBS="1")  # its psql is caught
     run_cli(["backup"], env, check=True)
     expected = fingerprint(db)
     db.sql("DELETE FROM big WHERE g % 2 = 0")
@@ -408,7 +408,7 @@ def test_server_stopped_mid_restore_leaves_original(pg_tmp, backup_dir, lifeboat
         cluster.psql(f"CREATE ROLE {OWNER} LOGIN CREATEDB PASSWORD '{secret}'")
         db = _big(cluster)
         # jobs=1: the psql load, whose psql this test catches
-        env = dict(lifeboat_env, DATABASE_URL=db.url)
+        env = dict(lifeboat_env, DATABASE_URL=db.url, LIFEBOAT_PLAIN_JOBS="1")  # its psql is caught
         run_cli(["backup"], env, check=True)
         expected = fingerprint(db)
         db.sql("DELETE FROM big WHERE g % 3 = 0")
@@ -531,7 +531,7 @@ def test_undo_a_restore_with_the_pre_restore_backup(app_db, backup_dir, lifeboat
 
 def test_password_never_in_any_argv_during_restore(app_db, backup_dir, lifeboat_env):
     # jobs=1: the psql load, whose psql this test catches
-    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_PLAIN_JOBS="1")
     run_cli(["backup"], env, check=True)
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/lifeboat"), "restore", "--latest", "--confirm"],

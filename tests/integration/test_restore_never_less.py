@@ -205,7 +205,7 @@ def test_sigterm_mid_restore_cleans_up_at_once(app_db, backup_dir, lifeboat_env)
     """SIGTERM (systemd stopping the unit, a CI timeout): unlike SIGKILL, lifeboat
     cleans up before it exits, so nothing waits for the next run."""
     # jobs=1: the psql load, whose psql this test catches
-    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_PLAIN_JOBS="1")  # its psql is caught
     backed_up, now = damaged_copy(app_db, env)
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/lifeboat"), "restore", "--latest", "--confirm"],

@@ -19,7 +19,8 @@ from pressure import Writer, child_pid, dump_ids, ids_in, start_cli, wait_for
 def prepare(app_db, lifeboat_env) -> dict:
     app_db.sql("CREATE TABLE w (id integer PRIMARY KEY)")
     app_db.sql("INSERT INTO w SELECT generate_series(1, 10)")
-    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
+    # The psql load: the tests hold the restore by stopping its psql.
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_PLAIN_JOBS="1")
     run_cli(["backup"], env, check=True)
     return env
 

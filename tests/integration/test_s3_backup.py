@@ -233,16 +233,6 @@ def test_missing_bucket_is_a_clear_error(app_db, backup_dir, lifeboat_env, s3):
     assert_local_backup_good(backup_dir, env)
 
 
-def test_directory_format_with_s3_is_refused_before_anything_runs(
-    app_db, backup_dir, lifeboat_env, s3
-):
-    env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_FORMAT="directory", **s3.env)
-    proc = run_cli(["backup"], env)
-    assert proc.returncode == 2
-    assert "cannot be streamed to S3" in proc.stderr and "format custom" in proc.stderr
-    assert local_backups(backup_dir) == []
-
-
 def test_dry_run_names_the_s3_copy_and_uploads_nothing(app_db, backup_dir, lifeboat_env, s3):
     env = dict(lifeboat_env, DATABASE_URL=app_db.url, **s3.env)
     proc = run_cli(["backup", "--dry-run"], env, check=True)

@@ -142,6 +142,7 @@ def test_kill_9_during_restore_leaves_no_password(secret_db, lifeboat_env, backu
     assert proc.returncode == 0, proc.stdout + proc.stderr
     folder = wrappers(tmp_path / "bin", "psql")
     env["LIFEBOAT_PG_BIN_DIR"] = str(folder)
+    env["LIFEBOAT_PLAIN_JOBS"] = "1"  # the psql load, whose psql is killed
     kill_in_window(["restore", "--latest", "--confirm"], env, folder, "psql", password)
     assert files_holding(password, Path(tempfile.gettempdir()), backup_dir, tmp_path) == []
 

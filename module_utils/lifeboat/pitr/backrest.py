@@ -1,4 +1,5 @@
-"""Running pgBackRest (as the cluster's OS user) and reading its `info`."""
+"""Running pgBackRest (as the cluster's OS user, or for a restore as the owner of the
+work directory) and reading its `info`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,18 @@ from .. import children
 from ..errors import ConfigError, PitrFailed, ToolNotFound
 
 INSTALL_HINT = "Install it with `apt-get install pgbackrest` (the lifeboat_pitr role does)."
+INFO_UNREADABLE = 99  # `info` status code "other": the repository could not be read
+
+
+def os_user(settings) -> pwd.struct_passwd:
+    name = settings.pitr_os_user
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(
+            f"Failed to run pgBackRest: OS user {name} (pitr_os_user) does not exist.",
+            "Set lifeboat_pitr_os_user to the user that owns the PostgreSQL cluster.",
+        ) from None
 
 
 def as_os_user(settings, read_only: bool = False) -> dict:
@@ -22,16 +35,11 @@ def as_os_user(settings, read_only: bool = False) -> dict:
     pgBackRest must write the repository and the restored files as the user
     that owns the cluster; root switches to it, that user runs as itself.
     `read_only` (pgbackrest info, for status): another user runs as itself and
-    needs only read access to the config and the repository (e.g. the postgres group).
+    needs only read access to the config and the repository (the lifeboat_pitr role's
+    group, lifeboat_pitr_group).
     """
-    name = settings.pitr_os_user
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise ConfigError(
-            f"Failed to run pgBackRest: OS user {name} (pitr_os_user) does not exist.",
-            "Set lifeboat_pitr_os_user to the user that owns the PostgreSQL cluster.",
-        ) from None
+    entry = os_user(settings)
+    name = entry.pw_name
     me = os.geteuid()
     if me == entry.pw_uid:
         return {}
@@ -41,12 +49,51 @@ def as_os_user(settings, read_only: bool = False) -> dict:
         return {}
     raise ConfigError(
         f"Failed to run pgBackRest as {name}: lifeboat runs as uid {me}.",
-        f"Run point-in-time restores as root or as {name} (sudo -u {name} lifeboat ...).",
+        f"Run it as root or as {name} (sudo -u {name} ...).",
     )
 
 
-def os_user_ids(settings) -> tuple[int, int]:
-    entry = pwd.getpwnam(settings.pitr_os_user)
+def instance_user(settings) -> pwd.struct_passwd:
+    """Who runs a restore to a time (pgbackrest restore, the temporary instance): the
+    owner of pitr_work_dir, else pitr_os_user (no such directory yet, or root's).
+
+    The lifeboat_pitr role gives the work directory to the backup user and lets it
+    read the configuration and the repository (a group): restores, drills and their
+    store then stay the backup user's, and it never needs to write as the cluster's
+    owner. Where pitr_os_user owns the directory, nothing changes.
+    """
+    try:
+        owner = os.stat(settings.pitr_work_dir).st_uid
+    except OSError:
+        owner = 0
+    if owner != 0:
+        try:
+            return pwd.getpwuid(owner)
+        except KeyError:
+            pass
+    return os_user(settings)
+
+
+def as_instance_user(settings) -> dict:
+    """subprocess arguments that run a child as instance_user(); root switches to it
+    with its groups (the one that may read the repository), anyone else must be it."""
+    entry = instance_user(settings)
+    me = os.geteuid()
+    if me == entry.pw_uid:
+        return {}
+    if me == 0:
+        groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups}
+    raise ConfigError(
+        f"Failed to restore to a time as uid {me}: the temporary instance runs as "
+        f"{entry.pw_name}, who owns {settings.pitr_work_dir}.",
+        f"Run it as {entry.pw_name} or root (playbooks/restore.yml runs as the backup "
+        "user), or point lifeboat_pitr_work_dir at a directory this user owns.",
+    )
+
+
+def instance_ids(settings) -> tuple[int, int]:
+    entry = instance_user(settings)
     return entry.pw_uid, entry.pw_gid
 
 
@@ -58,9 +105,14 @@ def command(settings, *args: str) -> list[str]:
 
 
 def run(
-    settings, *args: str, timeout: float | None = None, read_only: bool = False
+    settings,
+    *args: str,
+    timeout: float | None = None,
+    read_only: bool = False,
+    instance: bool = False,
 ) -> subprocess.CompletedProcess:
-    """pgbackrest ARGS as the OS user; PitrFailed with its own words on failure."""
+    """pgbackrest ARGS as the OS user (`instance`: as instance_user()); PitrFailed with
+    its own words on failure."""
     if read_only:  # no log file: the log directory belongs to the OS user
         args = ("--log-level-file=off", *args)
     if not os.path.exists(settings.pitr_config):
@@ -80,7 +132,7 @@ def run(
             stdin=subprocess.DEVNULL,
             env=children.environment(),
             timeout=timeout,
-            **as_os_user(settings, read_only),
+            **(as_instance_user(settings) if instance else as_os_user(settings, read_only)),
         )
     except subprocess.TimeoutExpired:
         raise PitrFailed(
@@ -154,6 +206,20 @@ def parse_info(text: str, stanza: str) -> Repo:
             f"Failed to read pgbackrest info for stanza {stanza}: unexpected output.",
             "Run `pgbackrest info` by hand to see what is wrong.",
         ) from None
+    if (found.get("status") or {}).get("code") == INFO_UNREADABLE:
+        # info exits 0 and lists no backups when it cannot reach the repository (a
+        # TLS or S3 error): that is no empty repository.
+        said = "; ".join(
+            (repo.get("status") or {}).get("message", "")
+            for repo in found.get("repo") or []
+            if (repo.get("status") or {}).get("code") == INFO_UNREADABLE
+        )
+        raise PitrFailed(
+            f"Failed to read the pgBackRest repository of stanza {stanza}: "
+            f"{said or 'pgbackrest info says other'}.",
+            "Check the repository settings in pgbackrest.conf (for S3: endpoint, bucket, "
+            "keys, repo1-storage-ca-file) and run `pgbackrest info` as the cluster's OS user.",
+        )
     backups = []
     for item in found.get("backup", []):
         if item.get("error"):

@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from datetime import datetime
 
 from .. import children, pg
 from ..conninfo import ConnInfo, process_alive
-from ..errors import DiskFull, PitrFailed, RestoreRefused
+from ..errors import ConfigError, DiskFull, PitrFailed, RestoreRefused
 from . import backrest
 from .config import target_text
 
@@ -89,12 +90,14 @@ class Instance:
     def create(self) -> None:
         """The marker first (locked), then the directories: a crash leaves a findable leftover."""
         work = os.path.dirname(self.root)
-        uid, gid = backrest.os_user_ids(self.settings)
+        uid, gid = backrest.instance_ids(self.settings)
         if not os.path.isdir(work):  # ours to hand over; an existing one is left as it is
             os.makedirs(work, mode=0o700)
             with contextlib.suppress(PermissionError):
                 os.chown(work, uid, gid)
         fd = os.open(self.marker, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        with contextlib.suppress(PermissionError):  # root's run: the next one may be the owner's
+            os.fchown(fd, uid, gid)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self.marker_fd = fd
         os.write(
@@ -107,8 +110,18 @@ class Instance:
                 os.chown(path, uid, gid)
 
     def restore(self, backup_label: str, when: datetime, database: str) -> None:
-        """pgbackrest restore of the cluster at `when` into this instance, one database live."""
+        """pgbackrest restore of the cluster at `when` into this instance, one database live.
+
+        Lock and spool directories of its own, for the restore and the instance's
+        archive-get: the instance's user may only read the configuration and the
+        repository, and nothing here touches the live stanza's queue or locks.
+        """
         ts_dir = os.path.join(self.root, "tablespaces")
+        lock_dir = os.path.join(self.root, "lock")
+        get = backrest.command(
+            self.settings, f"--pg1-path={self.datadir}", f"--lock-path={lock_dir}", "archive-get"
+        )
+        restore_command = " ".join([*map(_shell_word, get), "%f", '"%p"'])
         backrest.run(
             self.settings,
             f"--pg1-path={self.datadir}",
@@ -119,12 +132,16 @@ class Instance:
             f"--db-include={database}",
             "--archive-mode=off",  # never push this instance's WAL into the live stanza
             f"--tablespace-map-all={ts_dir}",  # never write into the live tablespaces
+            f"--lock-path={lock_dir}",
+            f"--spool-path={os.path.join(self.root, 'spool')}",
+            f"--recovery-option=restore_command={restore_command}",
             "restore",
             timeout=self.settings.pitr_recovery_timeout,
+            instance=True,
         )
 
     def start(self) -> None:
-        uid, gid = backrest.os_user_ids(self.settings)
+        uid, gid = backrest.instance_ids(self.settings)
         hba = os.path.join(self.root, "pg_hba.conf")
         with open(hba, "w") as fh:  # only the 0700 socket directory leads in
             fh.write("local all all trust\n")
@@ -146,7 +163,13 @@ class Instance:
             "external_pid_file": "",
             "cluster_name": "lifeboat-pitr",
             "hot_standby": "on",
+            # --db-include restores the other databases as zeroed files, and replaying
+            # WAL that touches them would PANIC ("WAL contains references to invalid
+            # pages"): warn instead, and check_invalid_pages() refuses the restore
+            # when a warning names the database being restored or a shared catalog.
         }
+        if int(self.version or 0) >= 13:  # the setting's first release
+            options["ignore_invalid_pages"] = "on"
         opts = " ".join(f"-c {k}='{v}'" for k, v in options.items())
         pg_ctl = os.path.join(server_bin(self.settings, self.version), "pg_ctl")
         proc = subprocess.run(
@@ -156,7 +179,7 @@ class Instance:
             check=False,
             cwd="/",
             env=children.environment(),
-            **backrest.as_os_user(self.settings),
+            **backrest.as_instance_user(self.settings),
         )
         if proc.returncode != 0:
             raise PitrFailed(
@@ -188,6 +211,29 @@ class Instance:
             "Raise lifeboat_pitr_recovery_timeout (a large database or much WAL); the live "
             "database is untouched.",
         )
+
+    def check_invalid_pages(self, database: str, user: str) -> None:
+        """Refuse when replay found invalid pages outside the zeroed, left-out databases."""
+        try:
+            with open(self.log_file, errors="replace") as fh:
+                text = fh.read()
+        except OSError:
+            return
+        if not _INVALID_PAGE.search(text):
+            return
+        with pg.connect(self.conn(database, user)) as db:
+            (oid,) = db.execute(
+                "SELECT oid FROM pg_database WHERE datname = current_database()"
+            ).fetchone()
+        ours = invalid_pages_of(text, oid)
+        if ours:
+            raise PitrFailed(
+                f"Failed to recover database {database!r} to the chosen time: WAL replay "
+                f"found invalid pages in its own files ({', '.join(ours[:5])}).",
+                "Nothing was changed. The base backup or the archived WAL is damaged: "
+                "run `pgbackrest verify`, and restore from another base backup or a dump.",
+            )
+        log.info("WAL replay skipped pages of the databases left out (zeroed by --db-include)")
 
     def _starting(self) -> bool:
         # pg_ctl -W returns before the postmaster wrote its pid file.
@@ -236,6 +282,28 @@ class Instance:
             self.marker_fd = None
 
 
+# PostgreSQL's report of a WAL record for a page that is not there (xlogutils.c).
+_INVALID_PAGE = re.compile(
+    r"page \d+ of relation ((?:base|global|pg_tblspc)/\S+) "
+    r"(?:is uninitialized|was uninitialized|does not exist|did not exist)"
+)
+
+
+def invalid_pages_of(server_log: str, oid: int) -> list[str]:
+    """Files with invalid pages that belong to database `oid` or to the shared catalogs
+    (global/): the ones a --db-include restore did not zero."""
+
+    def database(path: str) -> int | None:  # base/<db>/<file>, pg_tblspc/<ts>/<dir>/<db>/<file>
+        parts = path.split("/")
+        index = {"base": 1, "pg_tblspc": 3}.get(parts[0])
+        if index is None or len(parts) <= index or not parts[index].isdigit():
+            return None
+        return int(parts[index])
+
+    paths = set(_INVALID_PAGE.findall(server_log))
+    return sorted(path for path in paths if database(path) in (oid, None))
+
+
 def stop_instance(settings, datadir: str) -> None:
     """Stop a temporary postmaster at once (its data is thrown away)."""
     pid = _postmaster_pid(datadir)
@@ -248,11 +316,25 @@ def stop_instance(settings, datadir: str) -> None:
             [os.path.join(server_bin(settings, version), "pg_ctl"), "-D", datadir, "-m",
              "immediate", "-w", "-t", "30", "stop"],
             capture_output=True, check=False, cwd="/", env=children.environment(),
-            **backrest.as_os_user(settings),
+            **backrest.as_instance_user(settings),
         )  # fmt: skip
     if _postmaster_pid(datadir) == pid:  # pg_ctl could not: the postmaster is ours to end
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _shell_word(word: str) -> str:
+    """One word of restore_command (run by a shell; pgBackRest writes it into
+    postgresql.auto.conf between single quotes, so no single quotes here)."""
+    if re.fullmatch(r"[\w@%+=:,./-]+", word):
+        return word
+    if re.search(r"[\"$`\\'\n]", word):
+        raise ConfigError(
+            f"Failed to restore to a time: {word!r} cannot go into restore_command.",
+            "Use paths without quotes, $, ` or backslashes for lifeboat_pitr_config and "
+            "lifeboat_pitr_work_dir.",
+        )
+    return f'"{word}"'
 
 
 def new(settings, now: datetime, port: int) -> Instance:

@@ -24,16 +24,20 @@ def check_time(when: datetime, repo: backrest.Repo, now: datetime, settings) -> 
             "Give a time in the past, with its UTC offset (e.g. +00).",
         )
     base = repo.base_for(when)
+    if repo.oldest is None:  # no window at all: no time would do (e.g. the repository is gone)
+        said = f" (pgBackRest: {repo.status})" if repo.status and repo.status != "ok" else ""
+        raise RestoreRefused(
+            f"Failed to restore to {shown}: stanza {settings.pitr_stanza} has no base "
+            f"backup yet{said}.",
+            f"Check the repository (`pgbackrest --config={settings.pitr_config} "
+            f"--stanza={settings.pitr_stanza} info` as {settings.pitr_os_user}) and take a "
+            "full base backup; until then restore a dump backup (`lifeboat list`).",
+        )
     if base is None:
         oldest = repo.oldest
-        cause = (
-            f"the oldest base backup ({oldest.label}) finished at "
-            f"{oldest.stopped.isoformat(sep=' ')}"
-            if oldest
-            else f"stanza {settings.pitr_stanza} has no base backup yet"
-        )
         raise RestoreRefused(
-            f"Failed to restore to {shown}: the time is before the recoverable window: {cause}.",
+            f"Failed to restore to {shown}: the time is before the recoverable window: the "
+            f"oldest base backup ({oldest.label}) finished at {oldest.stopped.isoformat(sep=' ')}.",
             "Pick a later time (`lifeboat status` shows the window) or restore a dump backup "
             "from before it (`lifeboat list`).",
         )

@@ -32,13 +32,22 @@ def pending_writes(db, state: archiving.Archiver) -> bool:
 def report(settings, conn, now: datetime | None = None) -> dict:
     """PITR state of the cluster `conn` reaches; never raises for a failed check."""
     now = now or datetime.now(timezone.utc)
-    found: dict = {"stanza": settings.pitr_stanza, "state": "OK", "ok": True, "problems": []}
-    problems = found["problems"]
+    found: dict = {
+        "stanza": settings.pitr_stanza, "state": "OK", "ok": True, "problems": [], "hints": []
+    }  # fmt: skip
+    problems, hints = found["problems"], found["hints"]
+    fix = fixes(settings)
+
+    def problem(text: str, hint: str) -> None:
+        problems.append(text)
+        if hint and hint not in hints:  # what to do, once per cause (notifications, status)
+            hints.append(hint)
+
     try:
         repo = backrest.info(settings)
     except LifeboatError as exc:
         repo = None
-        problems.append(str(exc))
+        problem(exc.message, exc.hint)
     try:
         with pg.connect(conn) as db:
             state = archiving.archiver(db)
@@ -46,17 +55,18 @@ def report(settings, conn, now: datetime | None = None) -> dict:
                 "SELECT pg_is_in_recovery()").fetchone()[0] else False  # fmt: skip
     except LifeboatError as exc:
         state, pending = None, False
-        problems.append(str(exc))
+        problem(exc.message, exc.hint)
     if repo is not None:
         newest = repo.newest
         found["newest_base_backup"] = newest.as_dict() if newest else None
         found["base_backups"] = len(repo.backups)
         found["wal_newest"] = repo.wal_max
         if newest is None:
-            problems.append(f"stanza {settings.pitr_stanza} has no base backup")
+            problem(f"stanza {settings.pitr_stanza} has no base backup", fix["base"])
         elif now - newest.stopped > BASE_MAX_AGE:
-            problems.append(
-                f"newest base backup {newest.label} is {(now - newest.stopped).days} days old"
+            problem(
+                f"newest base backup {newest.label} is {(now - newest.stopped).days} days old",
+                fix["base"],
             )
         found["window_from"] = iso(repo.oldest.stopped) if repo.oldest else None
     if state is not None:
@@ -75,23 +85,44 @@ def report(settings, conn, now: datetime | None = None) -> dict:
         found["window_to"] = iso(now if not pending else state.last_archived_time or now)
         limit = settings.pitr_max_wal_age_minutes * 60
         if state.archive_mode == "off":
-            problems.append("archive_mode is off (the server needs a restart after provisioning)")
+            problem(
+                "archive_mode is off (the server needs a restart after provisioning)",
+                fix["restart"],
+            )
         if state.failing:
-            problems.append(
+            problem(
                 f"archive_command fails: {state.failed_count} failure(s), last on "
-                f"{state.last_failed_wal} at {iso(state.last_failed_time)}"
+                f"{state.last_failed_wal} at {iso(state.last_failed_time)}",
+                fix["archive"],
             )
         if pending and (age is None or age > limit):
-            problems.append(
+            problem(
                 "no WAL archived for "
                 + (f"{age / 60:.0f} min" if age is not None else "ever")
-                + " although the server writes"
+                + " although the server writes",
+                fix["archive"],
             )
     if repo is None or found.get("window_from") is None:
         found["window_to"] = None
     if problems:
         found.update(state="FAILED", ok=False)
     return found
+
+
+def fixes(settings) -> dict[str, str]:
+    """What to do about each kind of problem, with this host's own commands."""
+    pgbackrest = f"pgbackrest --config={settings.pitr_config} --stanza={settings.pitr_stanza}"
+    who = f"as {settings.pitr_os_user}"
+    return {
+        "base": f"Check the base backup cron job (lifeboat_pitr role) and the pgBackRest log in "
+        f"{settings.pitr_log_path}; take one now with `{pgbackrest} --type=full backup` {who}.",
+        "restart": "Restart PostgreSQL in a quiet moment (archive_mode applies only after a "
+        "restart), or provision with -e lifeboat_pitr_allow_restart=true.",
+        "archive": f"Run `{pgbackrest} check` {who} and read the PostgreSQL server log for "
+        "archive_command errors (repository full, unreachable or not writable); until it "
+        "works, nothing after the newest archived WAL can be recovered and WAL piles up in "
+        "pg_wal.",
+    }
 
 
 def report_lines(found: dict) -> list[str]:
@@ -109,6 +140,7 @@ def report_lines(found: dict) -> list[str]:
         f"  recoverable window: {window}",
     ]
     lines += [f"  problem: {p}" for p in found["problems"]]
+    lines += [f"  what to do: {h}" for h in found.get("hints", [])]
     return lines
 
 

@@ -24,6 +24,9 @@ class PitrSource(Source):
 
     instance: instance.Instance | None = field(default=None, repr=False)
     recovered_to: str = ""  # commit time of the last transaction replayed
+    # For people (the result, notifications). `location` stays the dump's path: its
+    # signed manifest names that file (manifest_key.py checks the pair).
+    described: str = ""
 
     def cleanup(self) -> None:
         super().cleanup()
@@ -59,6 +62,7 @@ def source_at(settings, target: Target, request, now: datetime) -> PitrSource:
         inst.restore(base.label, when, database)
         inst.start()
         replayed = inst.wait_promoted(when, database, user)
+        inst.check_invalid_pages(database, user)
         log.info("temporary instance recovered to %s (last transaction %s)", when, replayed)
         private = type(settings)(
             **{
@@ -78,7 +82,7 @@ def source_at(settings, target: Target, request, now: datetime) -> PitrSource:
         raise
     found = file_source(dumped.file)
     source = PitrSource(**{**found.__dict__, "instance": inst})
-    source.location = (
+    source.described = (
         f"pgBackRest stanza {settings.pitr_stanza} at {when.isoformat(sep=' ')} "
         f"(base backup {base.label})"
     )

@@ -106,7 +106,14 @@ def restore_recorded(
         log.warning("%s: %s", result.database, warning)
     # Log, run state (<db>-restore.json), metrics and notifications (never raises,
     # never hides a failure).
-    event = notify.Event.from_result("restore", result, file=result.source, type="restore")
+    details = {}
+    if request.time:  # a point-in-time restore says so, and from which stanza
+        details = {"point_in_time": request.time, "stanza": settings.pitr_stanza}
+        if result.recovered_to:
+            details["recovered_to"] = result.recovered_to
+    event = notify.Event.from_result(
+        "restore", result, file=result.source, type="restore", details=details
+    )
     result.warnings += monitor.record(settings, event, result.summary())
     return result
 
@@ -126,7 +133,7 @@ def restore_one(
     label = naming.safe_label(name)
     work_dir = os.path.join(store.root, ".restore", label)  # downloads, one folder per database
     source = resolve_source(settings, target, request, now)
-    result.source = source.location
+    result.source = getattr(source, "described", "") or source.location  # pitr: the stanza
     result.recovered_to = getattr(source, "recovered_to", "")  # a point-in-time source
     result.warnings += source.warnings
     try:
@@ -136,9 +143,12 @@ def restore_one(
         trust = manifest_key.trust_for(settings)  # checked with the source, before any psql
         if source.encrypted:  # no key, no restore: refused before anything happens
             encrypt.check_identity_file(settings.encrypt_identity_file, source.location)
-        if source.path:  # a local file is checked before anything else happens
+        if source.path and not source.archive:  # a local file is checked before anything else
             log.info("checking %s", source.location)
             check_source(source, settings.pg_bin_dir, full=False, trust=trust)
+            check_decryptable(source, settings)
+        elif source.archive:  # a tar (dirtar.py): its manifest and key now, its bytes unpacked
+            trust.check(source.manifest, source.location)
             check_decryptable(source, settings)
         if not request.skip_pre_backup:  # else a read-only store will do (lock.user_dir)
             store.prepare("pre-restore")
@@ -152,9 +162,9 @@ def restore_one(
             journal = journal_path(lock_dir, conn)
             for line in recover(db, name, find(store.lock_dir(), conn), work_dir):
                 result.warnings.append(f"cleanup: {line}")
-            if not source.path:
-                log.info("downloading %s", source.location)
-                source.fetch(work_dir)
+            if not source.path or source.archive:
+                log.info("%s %s", "unpacking" if source.archive else "downloading", source.location)
+                source.fetch(work_dir, settings.encrypt_identity_file)
                 check_source(source, settings.pg_bin_dir, full=False, trust=trust)
                 check_decryptable(source, settings)
             if request.with_globals:  # roles first: the dump's owners and grants need them

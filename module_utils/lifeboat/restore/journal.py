@@ -25,7 +25,7 @@ from .names import REPLACED_TAG, SCRATCH_TAG, leftover
 from .writes import describe_block, read_only_setting, unblock
 
 log = logging.getLogger("lifeboat")
-SUFFIX = ".restore.json"
+SUFFIX = lock.JOURNAL_SUFFIX
 
 
 def journal_path(lock_dir: str, conn: ConnInfo) -> str:
@@ -137,7 +137,7 @@ def recover(db, dbname: str, journals: list[str], work_dir: str) -> list[str]:
     if os.path.isdir(work_dir):
         for name in os.listdir(work_dir):
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(work_dir, name))
+                storefs.remove(os.path.join(work_dir, name))  # a file, or an unpacked tar
                 done.append(f"removed temporary file {name}")
     return done
 

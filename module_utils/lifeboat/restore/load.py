@@ -56,6 +56,7 @@ def load(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
             settings.encrypt_identity_file,
             settings.plain_jobs,
             server,
+            settings.backup_dir,
         )
     pg_restore = pg.find_tool("pg_restore", settings.pg_bin_dir)
     if pg.major(pg.tool_version(pg_restore)) * 10000 > server and older_server_fix(server):
@@ -102,17 +103,20 @@ def load_plain(
     identity: str | None = None,
     jobs: int = 1,
     server: int | None = None,
+    spill_dir: str | None = None,
 ) -> Loaded:
     """A plain dump through psql (jobs=1) or over `jobs` connections (parallel.py)."""
     watch = dump.StreamWatch("plain", guard=True, marks=jobs > 1)
     stream = read_plain(source, identity, watch, older_server_fix(server) if server else None)
-    return load_stream(stream, watch, conn, bin_dir, jobs)
+    return load_stream(stream, watch, conn, bin_dir, jobs, spill_dir)
 
 
-def load_stream(stream, watch: dump.StreamWatch, conn: ConnInfo, bin_dir, jobs: int) -> Loaded:
+def load_stream(
+    stream, watch: dump.StreamWatch, conn: ConnInfo, bin_dir, jobs: int, spill_dir=None
+) -> Loaded:
     try:
         if jobs > 1:
-            load_parallel(stream, watch.counter, conn, jobs)
+            load_parallel(stream, watch.counter, conn, jobs, spill_dir)
         else:
             load_psql(stream, conn, bin_dir)
     finally:
@@ -199,7 +203,14 @@ def load_script(
         try:
             try:
                 stream = cleared(proc.stdout, watch, older_server_fix(server))
-                loaded = load_stream(stream, watch, conn, settings.pg_bin_dir, settings.plain_jobs)
+                loaded = load_stream(
+                    stream,
+                    watch,
+                    conn,
+                    settings.pg_bin_dir,
+                    settings.plain_jobs,
+                    settings.backup_dir,
+                )
             except sqlguard.Refused as exc:
                 raise sqlguard.refused(source.location, exc) from None
             returncode = proc.wait()
@@ -269,15 +280,18 @@ def load_psql(stream: Iterator[bytes], conn: ConnInfo, bin_dir: str | None) -> N
         raise load_error("psql", returncode, stderr, conn)
 
 
-def load_parallel(stream: Iterator[bytes], guard, conn: ConnInfo, jobs: int) -> None:
-    """`jobs` worker connections plus a main one (parallel.py); any failure stops them all."""
+def load_parallel(
+    stream: Iterator[bytes], guard, conn: ConnInfo, jobs: int, spill_dir: str | None = None
+) -> None:
+    """`jobs` worker connections plus a main one (parallel.py); any failure stops them all.
+    A table whose worker falls behind the stream is spilled to `spill_dir` (parallel.Spill)."""
     import psycopg  # the host venv has it (requirements/host.txt); psql needs nothing
 
     main = pg.connect(conn)
     main.autocommit = False
     pool = None
     try:
-        pool = parallel.Pool(lambda: pg.connect(conn), jobs)
+        pool = parallel.Pool(lambda: pg.connect(conn), jobs, spill_dir)
         splitter = parallel.Splitter(guard, main, pool)
         for data in stream:
             splitter.feed(data)

@@ -8,6 +8,9 @@ are ever cut and sent, so the guard's promise holds on every connection.
 Entries run in stream order, except that runs of independent work go to the
 worker connections at once:
 - COPY blocks (table data), each to the least busy worker as it is read;
+  when that worker falls behind, the rest of its block is parked in a spill
+  file (Spill: unnamed, on the store's disk, bounded by its free space) so
+  the stream moves on and the next table loads on another worker meanwhile;
   SEQUENCE SET and large-object data keep running in order on the main
   connection meanwhile;
 - a run of INDEX and CONSTRAINT (primary key, unique, exclusion) entries;
@@ -21,8 +24,11 @@ checked the whole stream (sha256, trailer).
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import queue
 import re
+import tempfile
 import threading
 
 from .. import sqlguard
@@ -47,7 +53,10 @@ _SETTINGS = re.compile(
     rb"|SELECT pg_catalog\.set_config\('search_path', '[^'\n]*', false\);\r?\n)*"
 )
 QUEUE_DEPTH = 16  # items (1 MiB chunks at most) waiting per worker
+SPILL_AFTER = 8 << 20  # bytes queued for a busy worker before the rest of its COPY spills
+SPILL_RESERVE = 0.10  # of the spill disk left free, and at least 1 GiB
 DEADLOCK = "40P01"
+log = logging.getLogger("lifeboat")
 
 
 class Stop(Exception):
@@ -66,11 +75,85 @@ def blank(text: bytes) -> bool:
     return _BLANK.match(text) is not None
 
 
+class Spill:
+    """The rest of one COPY block on disk: the main thread appends, the block's
+    worker reads behind it. Unnamed (O_TMPFILE), so nothing is left after a
+    crash; at most `limit` bytes, then the main thread waits for the worker."""
+
+    def __init__(self, directory: str, limit: int):
+        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by close()
+        self._fd = self._file.fileno()
+        self._cond = threading.Condition()
+        self.limit = limit
+        self.written = 0
+        self.read = 0
+        self.done = False
+
+    @classmethod
+    def open(cls, directory: str | None) -> Spill | None:
+        """A spill on `directory`'s disk, or None when it has no room to spare."""
+        if not directory:
+            return None
+        try:
+            fs = os.statvfs(directory)
+            free, total = fs.f_bavail * fs.f_frsize, fs.f_blocks * fs.f_frsize
+            limit = free - max(1 << 30, int(total * SPILL_RESERVE))
+            return cls(directory, limit) if limit > FLUSH else None
+        except OSError:
+            return None
+
+    def room(self, size: int) -> bool:
+        return self.written + size <= self.limit
+
+    def write(self, data: bytes) -> None:  # main thread
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, self.written)
+            view = view[written:]
+            with self._cond:
+                self.written += written
+                self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self.done = True
+            self._cond.notify_all()
+
+    def wait_drained(self, failed) -> None:
+        """Main thread: wait until the worker has read everything written."""
+        with self._cond:
+            while self.read < self.written and not failed():
+                self._cond.wait(0.2)
+
+    def chunks(self, failed):
+        """Worker thread: the bytes in order as they are written, until finish()."""
+        while True:
+            with self._cond:
+                while self.read >= self.written and not self.done and not failed():
+                    self._cond.wait(0.2)
+                end = self.written
+                if failed() or (self.done and self.read >= end):
+                    return
+            while self.read < end:
+                data = os.pread(self._fd, min(1 << 20, end - self.read), self.read)
+                with self._cond:
+                    self.read += len(data)
+                    self._cond.notify_all()
+                yield data
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class Pool:
     """Worker connections fed by queues; the first failure stops everyone."""
 
-    def __init__(self, connect, jobs: int):
+    def __init__(self, connect, jobs: int, spill_dir: str | None = None):
         self.error: BaseException | None = None
+        self.spill_dir = spill_dir
+        self.spills: list[Spill | None] = [None] * jobs  # the COPY being spilled, per worker
+        self.tables = [""] * jobs  # the table each worker's COPY loads (for the log)
+        self._opened: list[Spill] = []
         self._lock = threading.Lock()
         self._conns = []
         self.queues: list[queue.Queue] = []
@@ -96,6 +179,38 @@ class Pool:
         self.check()
         self.busy[worker] += size
         self.queues[worker].put(item)
+
+    def put_data(self, worker: int, data: bytes) -> None:
+        """COPY data for `worker`: queued, or spilled once the worker is behind."""
+        spill = self.spills[worker]
+        if spill is not None and not spill.room(len(data)):
+            # The disk's share is used: let the worker catch up, then queue again.
+            spill.finish()
+            spill.wait_drained(lambda: self.error is not None)
+            self.spills[worker] = spill = None
+        elif spill is None and self.busy[worker] >= SPILL_AFTER:
+            spill = Spill.open(self.spill_dir)
+            if spill is not None:
+                log.info(
+                    "loading %s: its connection is behind the stream, so the rest of the "
+                    "table waits in a spill file and the next table starts meanwhile",
+                    self.tables[worker],
+                )
+                self._opened.append(spill)
+                self.put(worker, ("spill", spill))
+                self.spills[worker] = spill
+        if spill is None:
+            self.put(worker, ("data", data), len(data))
+            return
+        self.check()
+        self.busy[worker] += len(data)
+        spill.write(data)
+
+    def end_copy(self, worker: int) -> None:
+        if self.spills[worker] is not None:
+            self.spills[worker].finish()
+            self.spills[worker] = None
+        self.put(worker, ("end",))
 
     def least_busy(self) -> int:
         return min(range(len(self.busy)), key=self.busy.__getitem__)
@@ -123,6 +238,9 @@ class Pool:
 
     def close(self) -> None:
         """Stop the workers (aborting any COPY in progress) and close their connections."""
+        for spill in self.spills:
+            if spill is not None:
+                spill.finish()
         for q in self.queues:
             q.put(None)
         for thread in self.threads:
@@ -130,6 +248,8 @@ class Pool:
         for conn in self._conns:
             with contextlib.suppress(Exception):
                 conn.close()
+        for spill in self._opened:
+            spill.close()
 
     # ------------------------------------------------------------ worker threads
 
@@ -178,6 +298,9 @@ class Pool:
                         raise _Closed()
                     if item[0] == "end":
                         break
+                    if item[0] == "spill":
+                        failed = self._copy_spill(index, copy, item[1], failed)
+                        continue
                     if failed is None and self.error is None:
                         try:
                             copy.write(item[1])
@@ -192,6 +315,18 @@ class Pool:
             if self.error is not None:
                 raise Stop()
         self.busy[index] -= 1 << 20
+
+    def _copy_spill(self, index: int, copy, spill: Spill, failed):
+        """The spilled part of a COPY, read as the main thread writes it."""
+        for data in spill.chunks(lambda: self.error is not None):
+            try:
+                if failed is None:
+                    copy.write(data)
+            except BaseException as exc:
+                failed = failed or exc
+                self.fail(exc)  # stops the reading, and the main thread if it waits on it
+            self.busy[index] -= len(data)
+        return failed
 
 
 class Splitter:
@@ -237,7 +372,7 @@ class Splitter:
                     break
                 self._take(mark[2])  # the terminator
                 self.parts_at = self.base
-                self.pool.put(self.copy_worker, ("end",))
+                self.pool.end_copy(self.copy_worker)
                 self.copy_worker = None
                 self.next_mark += 1
                 continue
@@ -371,9 +506,12 @@ class Splitter:
             self._main(before, SERIAL)
         self._start(COPY)
         self.copy_worker = self.pool.least_busy()
+        table = statement[5:].rsplit(b" FROM stdin", 1)[0]
+        table = table.rsplit(b" (", 1)[0] if table.endswith(b")") else table
+        self.pool.tables[self.copy_worker] = table.decode("utf-8", "replace")
         self.pool.put(self.copy_worker, ("copy", self.prefix, statement), 1 << 20)
 
     def _copy_data(self, stop: int) -> None:
         if stop > self.base:
             data = self._take(stop)
-            self.pool.put(self.copy_worker, ("data", data), len(data))
+            self.pool.put_data(self.copy_worker, data)

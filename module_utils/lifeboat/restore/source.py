@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from .. import (
     backup,
+    dirtar,
     dump,
     encrypt,
     manifest_key,
@@ -44,6 +45,7 @@ class Source:
     store: object | None = None  # a store with open(entry) for remote entries
     entry: object | None = None
     temporary: bool = False  # `path` is a downloaded copy, removed by cleanup()
+    unpacked: bool = False  # `path` is the folder of a tar backup, checked as it was unpacked
     rows: dict[str, int] | None = None  # exact rows per table, when a full check read them
     warnings: list[str] = field(default_factory=list)  # e.g. newer backups passed over, and why
     pinned: storefs.Pin | None = field(default=None, repr=False)
@@ -53,14 +55,32 @@ class Source:
         if self.path and not self.temporary and self.pinned is None:
             self.pinned = storefs.Pin(self.path)
 
-    def fetch(self, work_dir: str) -> None:
-        """Make the backup a local file (download remote entries, checking size and sha256)."""
-        if self.path:
+    @property
+    def archive(self) -> bool:
+        """A directory dump packed as one tar (dirtar.py), not yet unpacked."""
+        return dirtar.is_archive(self.manifest) and not self.unpacked
+
+    def fetch(self, work_dir: str, identity: str | None = None) -> None:
+        """Make the backup a local file (download remote entries, checking size and sha256).
+
+        A tar backup (local or in S3) is streamed into a new folder under
+        `work_dir` instead, decrypted with `identity` when it is encrypted; its
+        size and sha256 are checked against the manifest at the stream's end,
+        before anything reads the folder (dirtar.unpack).
+        """
+        if self.path and not self.archive:
             return
         # `.restore/<label>` (or `.drill/...`): never a link (storefs.py).
         os.makedirs(os.path.dirname(os.path.dirname(work_dir)), mode=0o700, exist_ok=True)
         storefs.ensure_dir(os.path.dirname(work_dir), "work directory")
         storefs.ensure_dir(work_dir, "work directory")
+        if self.archive:
+            dest = tempfile.mkdtemp(prefix="restore-", suffix=".dir", dir=work_dir)
+            opened = open(self.path, "rb") if self.path else self.store.open(self.entry)  # noqa: SIM115
+            with opened as src:
+                dirtar.unpack(src, self.manifest, self.location, dest, identity)
+            self.path, self.temporary, self.unpacked = dest, True, True
+            return
         stock = self.entry.name is None  # a stock dump in S3 (s3.stock_entry): no manifest
         suffix = "" if stock else self.entry.name.ext
         fd, path = tempfile.mkstemp(prefix="restore-", suffix=suffix, dir=work_dir)
@@ -83,7 +103,9 @@ class Source:
         if self.pinned is not None:
             self.pinned.close()
             self.pinned = None
-        if self.temporary and self.path:
+        if self.temporary and self.unpacked:
+            dirtar.remove(self.path)
+        elif self.temporary and self.path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
             with contextlib.suppress(OSError):  # the per-database folder, when empty
@@ -376,7 +398,7 @@ def check_decryptable(source: Source, settings: Settings) -> str | None:
     if not source.encrypted:
         return None
     identity = encrypt.check_identity_file(settings.encrypt_identity_file, source.location)
-    if source.path:
+    if source.path and not source.unpacked:  # unpacked: age authenticated all of it
         encrypt.probe(source.path, identity, source.location)
     return identity
 
@@ -384,6 +406,9 @@ def check_decryptable(source: Source, settings: Settings) -> str | None:
 def checksum(source: Source) -> verify.Report:
     report = verify.Report(source.path, manifest=source.manifest)
     manifest = source.manifest
+    if source.unpacked:
+        report.checks.append("size and sha256 match the manifest (checked as the tar was unpacked)")
+        return report
     if os.path.isdir(source.path):
         sha, size, _ = dump.tree_digest(source.path)
     else:

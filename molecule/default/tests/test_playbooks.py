@@ -14,7 +14,7 @@ import pytest
 STORE = "/var/backups/lifeboat"
 HOSTS = {
     "lifeboat-db1": {"debian": "12", "login": "admin", "user": "lifeboat",
-                     "databases": ["plotzed", "reports"], "restored": True},
+                     "databases": ["pitrshop", "plotzed", "reports"], "restored": True},
     "lifeboat-db2": {"debian": "13", "login": "root", "user": "postgres",
                      "databases": ["ledger"], "restored": False},  # see side_effect.yml
 }  # fmt: skip

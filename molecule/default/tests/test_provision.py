@@ -26,7 +26,7 @@ CRON_ENV = "env -i PATH=/usr/bin:/bin SHELL=/bin/sh HOME=/"  # what cron gives a
 HOSTS = {
     "lifeboat-db1": {
         "user": "lifeboat",
-        "databases": ["plotzed", "reports"],
+        "databases": ["pitrshop", "plotzed", "reports"],
         "ext": ".sql.gz",
         "method": "cron",
         "awscli": True,
