@@ -141,6 +141,11 @@ class Spill:
                     self._cond.notify_all()
                 yield data
 
+    def drained(self) -> bool:
+        """Finished and read to the end: nobody writes or reads it any more."""
+        with self._cond:
+            return self.done and self.read >= self.written
+
     def close(self) -> None:
         self._file.close()
 
@@ -248,7 +253,7 @@ class Pool:
         for conn in self._conns:
             with contextlib.suppress(Exception):
                 conn.close()
-        for spill in self._opened:
+        for spill in self._opened:  # the ones a failure left open
             spill.close()
 
     # ------------------------------------------------------------ worker threads
@@ -326,6 +331,8 @@ class Pool:
                 failed = failed or exc
                 self.fail(exc)  # stops the reading, and the main thread if it waits on it
             self.busy[index] -= len(data)
+        if spill.drained():  # the main thread is done with it: free its disk space now
+            spill.close()
         return failed
 
 
