@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the Molecule scenarios (make molecule; make test runs it after pytest).
+# Run the Molecule scenarios (make molecule; make test runs it beside pytest).
 # Installs podman/runc/debootstrap when missing, builds the base image once,
 # starts a PostgreSQL server on loopback for the hosts to back up, builds and
 # installs the lifeboat.postgresql collection that converge provisions from,

@@ -17,6 +17,7 @@ import os
 import pwd
 import secrets
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -78,25 +79,28 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> int:
     raise AssertionError(f"{path} never appeared")
 
 
-def files_holding(secret: str, *roots: Path) -> list[str]:
+def files_holding(secret: str, since: float, *roots: Path) -> list[str]:
+    """Files under `roots` written since `since` (a file holding the password can only
+    have been written by the run under test) that hold the password, plain or URL-quoted."""
     needles = {secret.encode(), urllib.parse.quote(secret, safe="").encode()}
-    found = []
+    found = set()  # roots may nest
     for root in roots:
         for folder, dirs, files in os.walk(root):
             dirs[:] = [d for d in dirs if not d.startswith(SKIP_DIRS)]
             for name in files:
                 path = os.path.join(folder, name)
                 try:
-                    if not os.path.isfile(path) or os.path.islink(path):
+                    info = os.lstat(path)
+                    if not stat.S_ISREG(info.st_mode) or info.st_mtime < since:
                         continue
-                    if os.path.getsize(path) > 64 * 1024 * 1024:
+                    if info.st_size > 64 * 1024 * 1024:
                         continue
                     data = Path(path).read_bytes()
                 except OSError:
                     continue
                 if any(n in data for n in needles):
-                    found.append(path)
-    return found
+                    found.add(path)
+    return sorted(found)
 
 
 def kill_in_window(args, env, folder: Path, tool: str, password: str) -> None:
@@ -129,14 +133,16 @@ def kill_in_window(args, env, folder: Path, tool: str, password: str) -> None:
 
 def test_kill_9_during_backup_leaves_no_password(secret_db, lifeboat_env, backup_dir, tmp_path):
     _name, url, password = secret_db
+    since = time.time() - 1
     folder = wrappers(tmp_path / "bin", "pg_dump")
     env = dict(lifeboat_env, DATABASE_URL=url, LIFEBOAT_PG_BIN_DIR=str(folder))
     kill_in_window(["backup"], env, folder, "pg_dump", password)
-    assert files_holding(password, Path(tempfile.gettempdir()), backup_dir, tmp_path) == []
+    assert files_holding(password, since, Path(tempfile.gettempdir()), backup_dir, tmp_path) == []
 
 
 def test_kill_9_during_restore_leaves_no_password(secret_db, lifeboat_env, backup_dir, tmp_path):
     _name, url, password = secret_db
+    since = time.time() - 1
     env = dict(lifeboat_env, DATABASE_URL=url)
     proc = run_cli(["backup"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -144,7 +150,7 @@ def test_kill_9_during_restore_leaves_no_password(secret_db, lifeboat_env, backu
     env["LIFEBOAT_PG_BIN_DIR"] = str(folder)
     env["LIFEBOAT_PLAIN_JOBS"] = "1"  # the psql load, whose psql is killed
     kill_in_window(["restore", "--latest", "--confirm"], env, folder, "psql", password)
-    assert files_holding(password, Path(tempfile.gettempdir()), backup_dir, tmp_path) == []
+    assert files_holding(password, since, Path(tempfile.gettempdir()), backup_dir, tmp_path) == []
 
 
 def test_next_run_removes_older_versions_passfiles(secret_db, lifeboat_env):
@@ -213,3 +219,16 @@ def test_secrets_file_owned_by_another_user_is_refused(app_db, lifeboat_env, tmp
     os.chown(secrets_file, os.geteuid(), os.getegid())  # fixed as told: it works
     proc = run_cli(["backup"], dict(lifeboat_env, LIFEBOAT_CONFIG=str(config)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_search_finds_a_password_written_in_tmp(tmp_path):
+    """The search above can fail: a file written now under /tmp, plain or URL-quoted."""
+    since = time.time() - 1
+    password = f"pw:{secrets.token_hex(12)}@/"
+    with tempfile.NamedTemporaryFile(dir=tempfile.gettempdir(), suffix=".conf") as plain:
+        plain.write(f"password={password}\n".encode())
+        plain.flush()
+        quoted = tmp_path / "url"
+        quoted.write_text(f"postgresql://u:{urllib.parse.quote(password, safe='')}@h/d")
+        found = files_holding(password, since, Path(tempfile.gettempdir()), tmp_path)
+        assert found == sorted([plain.name, str(quoted)])

@@ -42,7 +42,7 @@ def scratch_dbs(app_db) -> list[str]:
 def assert_failed_cleanly(proc, app_db, before: dict, why: str) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED" in proc.stdout and why in proc.stdout, proc.stdout
-    assert scratch_dbs(app_db) == []
+    assert scratch_dbs(app_db) == [], proc.stdout + proc.stderr
     assert fingerprint(app_db) == before
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from .. import (
@@ -131,5 +132,31 @@ def privilege_hint(text: str, conn: ConnInfo | None) -> str:
 
 
 def drop(db, name: str) -> None:
-    force = " WITH (FORCE)" if db.info.server_version >= 130000 else ""
-    db.execute(sql_lib().SQL("DROP DATABASE IF EXISTS {}" + force).format(ident(name)))
+    """DROP DATABASE, ending its sessions first.
+
+    WITH (FORCE) ends them in one step, but refuses a role that is not a superuser
+    whenever an autovacuum worker is in the database: it counts as another role's
+    process. Autovacuum visits every freshly loaded database, so a drill's or a
+    restore's scratch often has one. A plain DROP ends autovacuum workers itself, so
+    that is the way then: end the sessions this role may end, and drop."""
+    psycopg = psycopg_lib()
+    statement = sql_lib().SQL("DROP DATABASE IF EXISTS {}").format(ident(name))
+    if db.info.server_version >= 130000:
+        try:
+            db.execute(statement + sql_lib().SQL(" WITH (FORCE)"))
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            pass  # autovacuum, or a session this role may not end (the DROP says which)
+    for attempt in range(3):  # a session of ours that connected meanwhile: once more
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                " AND pid <> pg_backend_pid() AND pg_has_role(usesysid, 'USAGE')",
+                (name,),
+            )
+        try:
+            db.execute(statement)  # waits up to 5 s for the sessions to end
+            return
+        except psycopg.errors.ObjectInUse:
+            if attempt == 2:
+                raise
