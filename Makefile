@@ -88,6 +88,7 @@ $(MVENV)/.installed: requirements/molecule.txt
 	@touch $@
 
 molecule-setup: setup-test $(MVENV)/.installed
+	@tools/molecule.sh --deps
 
 # tools/molecule.sh installs podman/runc/debootstrap when missing, builds the
 # base image once, and removes every container and server it starts.

@@ -220,6 +220,7 @@ results:
       created: false
       swap_ms: 12.5
       duration: 42.1
+      timings: {pre_restore_backup: 11.2, load: 24.0, verify: 3.1, analyze: 1.4, swap: 0.3}
       tables: 12
       rows: 104233
       block_writes: false

@@ -64,15 +64,20 @@ class Cluster:
         return str(self.datadir)
 
     def _run(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        proc = subprocess.run(
             [str(self.bindir / args[0]), *args[1:]],
-            check=check,
             capture_output=True,
             text=True,
             cwd="/",
             **_as_owner(),
             **kw,
         )
+        if check and proc.returncode != 0:  # what the program said, not only its exit code
+            raise RuntimeError(
+                f"{args[0]} exited with {proc.returncode}: {proc.stderr.strip()} "
+                f"{proc.stdout.strip()[-2000:]}"
+            )
+        return proc
 
     def init(self) -> None:
         self.datadir.mkdir(parents=True, exist_ok=True)

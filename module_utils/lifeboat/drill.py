@@ -328,11 +328,16 @@ def drill_one(
                 loaded = restore.load.load(source, server.with_dbname(scratch), settings)
                 timings["restore"] = round(time.monotonic() - mark, 3)
                 mark = time.monotonic()
+                census = restore.verification.Census(
+                    server.with_dbname(scratch), restore.load.jobs_for(source, settings)
+                )
                 with pg.connect(server, scratch) as sdb:
-                    _, _, warnings = restore.verification.verify_restored(sdb, source, loaded)
+                    _, _, warnings = restore.verification.verify_restored(
+                        sdb, source, loaded, census
+                    )
                     result.warnings += warnings
-                    result.checks += compare_manifest(sdb, source.manifest, result)
-                    sdb.execute("ANALYZE")  # a real restore does it before the swap
+                    result.checks += compare_manifest(sdb, source.manifest, result, census)
+                    census.analyze()  # a real restore does it before the swap
                     timings["verify"] = round(time.monotonic() - mark, 3)
                     # What a real restore needs before its swap (not the lock wait or cleanup).
                     result.rto_seconds = round(
@@ -423,12 +428,12 @@ def cleanup(db) -> list[str]:
 # --------------------------------------------------------------------------- checks
 
 
-def compare_manifest(db, manifest: dict | None, result: DrillResult) -> list[str]:
+def compare_manifest(db, manifest: dict | None, result: DrillResult, census) -> list[str]:
     """Table count and per-table rows of the restored database against the manifest."""
     # Archives' manifests from before exact counts listed partitioned parents too.
     legacy = bool(manifest) and not manifest.get("rows_exact")
     present = sorted(pg.table_estimates(db, partitioned=legacy))
-    counts = pg.exact_counts(db, present)
+    counts = census.counts(present)
     result.tables, result.rows, result.table_rows = len(present), sum(counts.values()), counts
     if not manifest:
         return [f"restored {len(present)} tables, {result.rows} rows (no manifest to compare)"]

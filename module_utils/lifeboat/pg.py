@@ -272,7 +272,8 @@ def exact_counts(db, tables) -> dict[str, int]:
     with db.transaction(force_rollback=True):
         forced = db.execute(
             "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relforcerowsecurity"
-            " AND pg_has_role(c.relowner, 'USAGE')"
+            " AND pg_has_role(c.relowner, 'USAGE') AND c.oid = ANY(%s::regclass[])",
+            (list(tables),),
         ).fetchall()
         for (table,) in forced:
             db.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")

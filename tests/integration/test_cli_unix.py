@@ -107,6 +107,9 @@ def test_every_subcommand_speaks_json(app_db, backup_dir, lifeboat_env):
     app_db.sql("DELETE FROM plots")
     [restored] = run("restore", "--latest", "--confirm", "--json")
     assert restored["ok"] and fingerprint(app_db) == before
+    steps = restored["timings"]  # where the restore's time went, step by step
+    assert list(steps) == ["pre_restore_backup", "load", "verify", "analyze", "swap"]
+    assert all(0 <= seconds < restored["duration"] for seconds in steps.values())
     failure = run("verify", str(backup_dir / "nope.sql.gz"), "--json", code=1)
     assert failure["ok"] is False and failure["error_type"] and failure["error"]
 

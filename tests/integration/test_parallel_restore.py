@@ -119,6 +119,15 @@ def test_jobs_3_restores_the_same_database_as_jobs_1(pg, lifeboat_env):
     assert copy.sql("SELECT obj_description('public.child_parent'::regclass)", True) == (
         "children by parent"
     )
+    # Planner statistics for every table, partition, partitioned table and matview
+    # (ANALYZE spread over the connections, as the counts are).
+    never_analyzed = copy.sql(
+        "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_stat_user_tables"
+        " WHERE last_analyze IS NULL",
+        True,
+    )
+    assert never_analyzed == "", never_analyzed
+    assert int(copy.sql("SELECT count(*) FROM pg_stat_user_tables", True)) >= 8
 
 
 def rewrite_gzip(dump: Path, change) -> None:

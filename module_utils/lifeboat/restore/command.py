@@ -31,13 +31,13 @@ from ..errors import (
 from ..settings import Settings, Target
 from .database import admin, db_info, drop, psycopg_lib
 from .journal import find, journal_path, recover, remove
-from .load import load
+from .load import jobs_for, load
 from .names import replaced_name, scratch_name
 from .request import CONFIRM_HINT, Request, RestoreResult
 from .scratch import create_like
 from .source import check_decryptable, check_source, resolve_source
 from .swap import Guard, swap
-from .verification import verify_restored
+from .verification import Census, verify_restored
 
 log = logging.getLogger("lifeboat")
 
@@ -195,6 +195,7 @@ def restore_one(
                 pre = backup.Result(replaced.label, "pre-restore")
                 log.info("pre-restore backup of %s", name)
                 try:
+                    mark = time.monotonic()
                     backup.backup_one(
                         settings,
                         replaced,
@@ -215,6 +216,7 @@ def restore_one(
                         "again (--skip-pre-backup restores without a way back)."
                     )
                     raise
+                result.timings["pre_restore_backup"] = _since(mark)
                 result.pre_restore_backup = pre.file
                 result.warnings += pre.warnings
             elif original is None:
@@ -235,14 +237,22 @@ def restore_one(
                 guard.fix_copy(scratch)
                 result.changed = True
                 log.info("restoring %s into %s", source.location, scratch)
+                mark = time.monotonic()
                 loaded = load(source, conn.with_dbname(scratch), settings)
+                result.timings["load"] = _since(mark)
+                census = Census(conn.with_dbname(scratch), jobs_for(source, settings))
                 with pg.connect(conn, scratch) as sdb:
-                    tables, rows, warnings = verify_restored(sdb, source, loaded)
-                    # Planner statistics before the swap: the application's first queries
-                    # after it get good plans (a drill measures this step too).
-                    sdb.execute("ANALYZE")
+                    mark = time.monotonic()
+                    tables, rows, warnings = verify_restored(sdb, source, loaded, census)
+                    result.timings["verify"] = _since(mark)
+                # Planner statistics before the swap: the application's first queries
+                # after it get good plans (a drill measures this step too).
+                mark = time.monotonic()
+                census.analyze()
+                result.timings["analyze"] = _since(mark)
                 result.tables, result.rows = tables, rows
                 result.warnings += warnings
+                mark = time.monotonic()
                 swapped = swap(
                     db,
                     name,
@@ -261,6 +271,8 @@ def restore_one(
                 with contextlib.suppress(Exception):
                     guard.undo()  # if this fails, the journal stays for the next run
                 raise
+            result.timings["swap"] = _since(mark)
+            log.info("timings: %s", ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
             remove([journal])
             result.swap_ms = swapped.window_ms
             result.created = not swapped.existed
@@ -279,6 +291,10 @@ def restore_one(
                 )
     finally:
         source.cleanup()
+
+
+def _since(mark: float) -> float:
+    return round(time.monotonic() - mark, 3)
 
 
 def creation_props(

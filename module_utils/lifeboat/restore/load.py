@@ -44,6 +44,11 @@ class Loaded:
     data_tables: int | None = None  # TABLE DATA entries of an archive
 
 
+def jobs_for(source: Source, settings: Settings) -> int:
+    """Connections the restore of `source` may use: the plain loader's or pg_restore's."""
+    return settings.plain_jobs if source.fmt == "plain" else settings.jobs
+
+
 def load(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
     """Restore the source into the (empty) database of `conn`."""
     with pg.connect(conn) as db:

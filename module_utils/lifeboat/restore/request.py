@@ -81,6 +81,7 @@ class RestoreResult:
     created: bool = False  # the database did not exist before
     swap_ms: float = 0.0
     duration: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
     tables: int = 0
     rows: int = 0
     block_writes: bool = False  # the database refused writes from the snapshot to the swap

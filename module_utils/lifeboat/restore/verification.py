@@ -2,15 +2,99 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+
 from .. import (
     pg,
     verify,
 )
+from ..conninfo import ConnInfo
 from ..errors import (
     VerificationFailed,
 )
 from .load import Loaded
 from .source import Source
+
+# What a database-wide ANALYZE covers, less the system catalogs, largest first.
+RELATIONS_SQL = """
+SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+ORDER BY pg_total_relation_size(c.oid) DESC, 1
+"""
+
+
+class Census:
+    """Exact row counts (each table counted once) and planner statistics of the
+    restored database, over `jobs` connections: both passes read every table, and
+    one session would leave the server's other cores idle after a parallel load."""
+
+    def __init__(self, conn: ConnInfo, jobs: int):
+        self.conn, self.jobs = conn, max(1, jobs)
+        self.known: dict[str, int] = {}
+
+    def counts(self, tables) -> dict[str, int]:
+        todo = [t for t in dict.fromkeys(tables) if t not in self.known]
+        if todo:
+            with pg.connect(self.conn) as db:  # the largest first: they finish last
+                todo = [
+                    row[0]
+                    for row in db.execute(
+                        "SELECT t FROM unnest(%s::text[]) AS t"
+                        " ORDER BY pg_total_relation_size(t::regclass) DESC, 1",
+                        (todo,),
+                    ).fetchall()
+                ]
+            found = self._spread(todo, lambda db, t: pg.exact_counts(db, [t])[t])
+            self.known.update(found)
+        return {t: self.known[t] for t in tables}
+
+    def analyze(self) -> None:
+        """ANALYZE every table, partitioned table and materialized view."""
+        with pg.connect(self.conn) as db:
+            relations = [row[0] for row in db.execute(RELATIONS_SQL).fetchall()]
+        # Tables the role does not own are skipped with a warning, as ANALYZE does.
+        self._spread(relations, lambda db, rel: db.execute(f"ANALYZE {rel}"))
+
+    def _spread(self, items: list[str], work) -> dict:
+        """work(db, item) for every item, each connection taking the next item when it is
+        free; the first failure stops the others after their current item, and is raised."""
+        results: dict = {}
+        todo = deque(items)
+        failed: list[BaseException] = []
+        lock = threading.Lock()
+
+        def run(db) -> None:
+            while True:
+                with lock:
+                    if failed or not todo:
+                        return
+                    item = todo.popleft()
+                try:
+                    results[item] = work(db, item)
+                except BaseException as exc:
+                    with lock:
+                        failed.append(exc)
+                    return
+
+        connections = []
+        try:
+            for _ in range(min(self.jobs, len(items))):
+                connections.append(pg.connect(self.conn))
+            threads = [threading.Thread(target=run, args=(db,)) for db in connections[1:]]
+            for thread in threads:
+                thread.start()
+            if connections:
+                run(connections[0])  # this thread works too
+            for thread in threads:
+                thread.join()
+        finally:
+            for db in connections:
+                db.close()
+        if failed:
+            raise failed[0]
+        return results
 
 
 def extension_table(db, table: str) -> bool:
@@ -22,7 +106,9 @@ def extension_table(db, table: str) -> bool:
     return bool(row[0])
 
 
-def verify_restored(db, source: Source, loaded: Loaded) -> tuple[int, int, list[str]]:
+def verify_restored(
+    db, source: Source, loaded: Loaded, census: Census
+) -> tuple[int, int, list[str]]:
     """Compare the scratch database with what the dump holds; returns (tables, rows, warnings)."""
     present = pg.table_estimates(db)
     warnings = []
@@ -41,7 +127,7 @@ def verify_restored(db, source: Source, loaded: Loaded) -> tuple[int, int, list[
                 f"backup: {', '.join(missing[:5])}.",
                 "The original database is untouched.",
             )
-        counts = pg.exact_counts(db, list(expected))
+        counts = census.counts(list(expected))
         wrong = [
             f"{t}: {counts[t]} rows, backup has {n}"
             for t, n in expected.items()
@@ -64,7 +150,7 @@ def verify_restored(db, source: Source, loaded: Loaded) -> tuple[int, int, list[
     # Only archives written before exact counts get here: their manifests hold
     # planner estimates and list partitioned parents too.
     present = pg.table_estimates(db, partitioned=True)
-    counts = pg.exact_counts(db, list(present))
+    counts = census.counts(list(present))
     if manifest:
         wanted = manifest.get("tables") or {}
         missing = sorted(set(wanted) - set(present))
