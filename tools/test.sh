@@ -12,7 +12,7 @@ trap 'exit 130' INT TERM
 
 start=$(date +%s)
 # Its own process group, so an interrupted run stops every part of it.
-setsid make --no-print-directory molecule >"$log" 2>&1 &
+setsid --wait make --no-print-directory molecule >"$log" 2>&1 &
 molecule=$!
 
 pytest -q -rs --durations=25 -p no:cacheprovider tests
