@@ -111,7 +111,13 @@ def connect(conn: ConnInfo, dbname: str | None = None):
     psycopg = _psycopg()
     target = conn.with_dbname(dbname) if dbname else conn
     try:
-        return psycopg.connect(autocommit=True, **target.psycopg_kwargs())
+        db = psycopg.connect(autocommit=True, **target.psycopg_kwargs())
+        # A database's or role's statement_timeout (ALTER ... SET, copied to a restore's
+        # scratch database too) is for the application: lifeboat's counts and checks of a
+        # large table must not be cut short by it, as pg_dump's and psql's loads are not.
+        # Waits for other sessions' locks stay bounded by lock_timeout (pglocks.py).
+        db.execute("SET statement_timeout = 0")
+        return db
     except psycopg.Error as exc:
         raise classify(str(exc), target) from None
 

@@ -34,7 +34,7 @@ from .journal import find, journal_path, recover, remove
 from .load import jobs_for, load
 from .names import replaced_name, scratch_name
 from .request import CONFIRM_HINT, Request, RestoreResult
-from .scratch import create_like
+from .scratch import create_like, limit_connections
 from .source import check_decryptable, check_source, resolve_source
 from .swap import Guard, swap
 from .verification import Census, verify_restored
@@ -250,6 +250,7 @@ def restore_one(
                 mark = time.monotonic()
                 census.analyze()
                 result.timings["analyze"] = _since(mark)
+                result.warnings += limit_connections(db, scratch, like, name)
                 result.tables, result.rows = tables, rows
                 result.warnings += warnings
                 mark = time.monotonic()

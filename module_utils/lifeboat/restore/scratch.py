@@ -62,8 +62,8 @@ def create_like(
         parts.append(
             sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(like.icu_locale))
         )
-    if like.connlimit != -1:
-        parts.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(like.connlimit)))
+    # No CONNECTION LIMIT yet: the restore's own connections (a parallel load, the
+    # counts) would count against it; limit_connections sets it before the swap.
     owner_error, created = "", False
     if like.owner:
         psycopg = psycopg_lib()
@@ -114,6 +114,26 @@ def create_like(
     for what, statement in acl_statements(like):
         attempt(what, statement)
     return warnings
+
+
+def limit_connections(db, new: str, like: DbProps | None, final: str) -> list[str]:
+    """The original's connection limit, set once lifeboat's connections to `new` are closed."""
+    if like is None or like.connlimit == -1:
+        return []
+    sql = sql_lib()
+    try:
+        db.execute(
+            sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
+                ident(new), sql.Literal(like.connlimit)
+            )
+        )
+    except psycopg_lib().Error as exc:
+        return [
+            f"connection limit of database {final} not reapplied ({' '.join(str(exc).split())}); "
+            f"have a superuser run: ALTER DATABASE {ident(final).as_string(db)} CONNECTION LIMIT "
+            f"{like.connlimit};"
+        ]
+    return []
 
 
 def set_statement(dbname: str, setting: Setting):
