@@ -29,6 +29,7 @@ from . import (
     notify,
     pg,
     retention,
+    storefs,
     verify,
 )
 from . import manifest as manifests
@@ -276,13 +277,13 @@ def backup_one(
         except BaseException:
             upload.abort()
             if work:
-                store_module._unlink(work)
+                storefs.remove(work)
             cluster_globals.discard(store.abspath(bname.path))
             if remote:
                 remote.abort()
             raise
         if work:
-            store_module._unlink(work)
+            storefs.remove(work)
         result.file = store.abspath(bname.path)
         result.size = produced.size
         result.sha256 = produced.sha256

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -66,16 +65,6 @@ def _write_atomic(path: str, data: bytes) -> None:
     storefs.write_atomic(path, data, "manifest", FILE_MODE, path + naming.PARTIAL_SUFFIX)
 
 
-def _unlink(path: str) -> None:
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 class LocalUpload:
     """A backup being written to `<final>.partial`; commit() publishes it."""
 
@@ -118,7 +107,7 @@ class LocalUpload:
             _fsync_dir(os.path.dirname(self.final))
         except OSError as exc:
             self.abort()
-            _unlink(self.final)
+            storefs.remove(self.final)
             raise _storage_error("save backup", self.final, exc) from None
 
     def abort(self) -> None:
@@ -127,7 +116,7 @@ class LocalUpload:
             with contextlib.suppress(OSError):
                 self._fh.close()
             self._fh = None
-        _unlink(self.partial)
+        storefs.remove(self.partial)
 
 
 class LocalStore:
@@ -228,9 +217,9 @@ class LocalStore:
         # Never one a restore or drill is reading (storefs.Pin): BackupInUse.
         try:
             with storefs.exclusive(entry.location):
-                _unlink(entry.location + naming.MANIFEST_SUFFIX)
-                _unlink(entry.location)
-                _unlink(entry.location + naming.GLOBALS_SUFFIX)
+                storefs.remove(entry.location + naming.MANIFEST_SUFFIX)
+                storefs.remove(entry.location)
+                storefs.remove(entry.location + naming.GLOBALS_SUFFIX)
         except OSError as exc:
             raise _storage_error("delete", entry.location, exc) from None
 
@@ -253,7 +242,7 @@ class LocalStore:
                     base = base.removesuffix(suffix)
                 parsed = naming.parse(base)
                 if parsed and parsed.label == label:
-                    _unlink(os.path.join(folder, name))
+                    storefs.remove(os.path.join(folder, name))
                     removed.append(os.path.join(folder, name))
         return removed
 

@@ -147,11 +147,15 @@ def write_atomic(
 
 
 def remove(path: str) -> None:
-    """Remove a file or a folder lifeboat made; a link is removed, never followed."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
+    """Remove a file or a folder lifeboat made, if it is there; a link is removed, never
+    followed."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def read(path: str, what: str) -> bytes:

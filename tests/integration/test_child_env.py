@@ -13,12 +13,12 @@ through an in-memory passfile.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import urllib.parse
 from pathlib import Path
 
 import pytest
 from conftest import OWNER_PASSWORD, fingerprint, run_cli
+from test_encryption import keygen
 
 from lifeboat import pg as pg_tools
 
@@ -76,11 +76,7 @@ def read_records(records: Path) -> dict[str, list[dict]]:
 def test_children_hold_no_secrets(app_db, lifeboat_env, backup_dir, wrappers, tmp_path):
     wrap, records = wrappers
     key = tmp_path / "age.key"
-    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    key.chmod(0o600)
-    recipient = subprocess.run(
-        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    recipient = keygen(key)
     env = dict(
         lifeboat_env,
         PATH=f"{wrap}:{lifeboat_env['PATH']}",

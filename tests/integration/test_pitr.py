@@ -109,6 +109,19 @@ class World:
         )
 
 
+def start_archiving(cluster, conf, extra: str = "") -> None:
+    """Start `cluster` archiving through pgBackRest (a segment every 5 s at most), with the
+    application's owner role."""
+    with open(cluster.datadir / "postgresql.conf", "a") as fh:
+        fh.write(
+            "wal_level = replica\narchive_mode = on\narchive_timeout = 5\n"
+            f"archive_command = '{pitr_config.archive_command(conf)}'\n{extra}"
+        )
+    cluster.start()
+    lit = OWNER_PASSWORD.replace("'", "''")
+    cluster.psql(f"CREATE ROLE {OWNER} LOGIN CREATEDB PASSWORD '{lit}'")
+
+
 @pytest.fixture(scope="module")
 def world(pg_tmp):
     # Its own folder: other modules (test_pitr_notify.py) import this fixture too.
@@ -116,17 +129,10 @@ def world(pg_tmp):
     root.chmod(0o755)
     w = World(root)
     w.cluster.init()
-    lit = OWNER_PASSWORD.replace("'", "''")
     conf = w.settings("postgresql:///unused")
     w.conf.write_text(pitr.render_config(conf))  # the engine's rendering, as provisioned
     w.conf.chmod(0o644)
-    with open(w.cluster.datadir / "postgresql.conf", "a") as fh:
-        fh.write(
-            "wal_level = replica\narchive_mode = on\narchive_timeout = 5\n"
-            f"archive_command = '{pitr_config.archive_command(conf)}'\n"
-        )
-    w.cluster.start()
-    w.cluster.psql(f"CREATE ROLE {OWNER} LOGIN CREATEDB PASSWORD '{lit}'")
+    start_archiving(w.cluster, conf)
     for name in ("shop", "other"):  # both exist in the base backup (--db-include needs it)
         w.cluster.psql(f"CREATE DATABASE {name} OWNER {OWNER}")
     w.db("shop").sql(

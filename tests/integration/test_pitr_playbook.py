@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import pgcluster  # noqa: E402
 from conftest import OWNER, OWNER_PASSWORD, AppDB, fingerprint  # noqa: E402
+from test_pitr import start_archiving  # noqa: E402
 
 from lifeboat import pitr, settings  # noqa: E402
-from lifeboat.pitr import config as pitr_config  # noqa: E402
 
 STANZA = "pbtest"
 BACKUP_USER, READERS = "nobody", "nogroup"
@@ -146,14 +146,7 @@ def host(pg_tmp):
     h.conf.write_text(pitr.render_config(h.settings))  # as the role writes it
     os.chown(h.conf, pwd.getpwnam("postgres").pw_uid, grp.getgrnam(READERS).gr_gid)
     h.conf.chmod(0o640)
-    with open(h.cluster.datadir / "postgresql.conf", "a") as fh:
-        fh.write(
-            "wal_level = replica\narchive_mode = on\narchive_timeout = 5\n"
-            f"archive_command = '{pitr_config.archive_command(h.settings)}'\n"
-        )
-    h.cluster.start()
-    lit = OWNER_PASSWORD.replace("'", "''")
-    h.cluster.psql(f"CREATE ROLE {OWNER} LOGIN CREATEDB PASSWORD '{lit}'")
+    start_archiving(h.cluster, h.settings)
     h.cluster.psql(f"CREATE DATABASE shop OWNER {OWNER}")
     h.shop.sql("CREATE TABLE orders (id int PRIMARY KEY, note text NOT NULL)")
     h.shop.sql("INSERT INTO orders SELECT g, 'base' FROM generate_series(1, 40) g")

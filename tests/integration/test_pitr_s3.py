@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 from s3_fixtures import ACCESS_KEY, SECRET_KEY, TlsProxy, tls_certificates
-from test_pitr import ROOT, STANZA, World, _instances, _postmasters_under
+from test_pitr import ROOT, STANZA, World, _instances, _postmasters_under, start_archiving
 
 from lifeboat import pitr, schema, settings
-from lifeboat.pitr import config as pitr_config
 
 PREFIX = "/lifeboat-pitr"  # repo1-path: the key prefix inside the bucket
 TEMPLATE = ROOT / "roles/lifeboat_pitr/templates/etc/pgbackrest/pgbackrest.conf.j2"
@@ -125,17 +124,10 @@ def world(pg_tmp, moto_server):
     assert "\n".join(body) + "\n" == rendered  # the role and the engine agree
     assert f"repo1-storage-ca-file={ca}\n" in rendered and "repo1-type=s3\n" in rendered
     conf = w.settings("postgresql:///unused")
-    with open(w.cluster.datadir / "postgresql.conf", "a") as fh:
-        fh.write(
-            "wal_level = replica\narchive_mode = on\narchive_timeout = 5\n"
-            "track_commit_timestamp = on\n"  # the exact commit time of every row
-            f"archive_command = '{pitr_config.archive_command(conf)}'\n"
-        )
-    w.cluster.start()
-    from conftest import OWNER, OWNER_PASSWORD
+    # track_commit_timestamp: the exact commit time of every row
+    start_archiving(w.cluster, conf, "track_commit_timestamp = on\n")
+    from conftest import OWNER
 
-    lit = OWNER_PASSWORD.replace("'", "''")
-    w.cluster.psql(f"CREATE ROLE {OWNER} LOGIN CREATEDB PASSWORD '{lit}'")
     w.cluster.psql(f"CREATE DATABASE shop OWNER {OWNER}")
     # With it (archiving.py uses it when it may) a restore closes the WAL segment at
     # once instead of waiting for archive_timeout.

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import fingerprint, make_db, make_realistic_db, run_cli
 from realistic_restore import superuser_url
+from test_encryption import keygen
 
 from lifeboat import naming
 
@@ -33,17 +34,6 @@ def the_backup(folder: Path) -> Path:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def keygen(folder: Path) -> tuple[Path, str]:
-    folder.mkdir(mode=0o700)
-    key = folder / "key.txt"
-    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    key.chmod(0o600)
-    recipient = subprocess.run(
-        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return key, recipient
 
 
 def directory_env(lifeboat_env: dict, s3, url: str, **extra) -> dict:
@@ -164,7 +154,9 @@ def test_drill_dry_run_and_local_restore_read_the_local_tar(app_db, backup_dir, 
 
 def test_encrypted_directory_dump_round_trip_through_s3(pg, backup_dir, lifeboat_env, s3, tmp_path):
     db = make_realistic_db(pg)
-    key_file, recipient = keygen(tmp_path / "keys")
+    (tmp_path / "keys").mkdir(mode=0o700)
+    key_file = tmp_path / "keys" / "key.txt"
+    recipient = keygen(key_file)
     env = directory_env(
         lifeboat_env,
         s3,

@@ -88,32 +88,40 @@ def create_like(
             f"have a superuser run: {statement.as_string(db)};"
         )
 
-    def attempt(what: str, statement) -> None:
-        # Run against `new`; on failure tell what to run against `final`, and why.
-        try:
-            db.execute(statement(new))
-        except psycopg_lib().Error as exc:
-            text = statement(final).as_string(db)
-            warnings.append(
-                f"{what} of database {final} not reapplied ({' '.join(str(exc).split())}); "
-                f"have a superuser run: {text};"
-            )
-
     for setting in like.settings:
-        attempt(
+        warnings += reapply(
+            db,
             f"setting {setting.name}" + (f" for role {setting.role}" if setting.role else ""),
             lambda name, s=setting: set_statement(name, s),
+            new,
+            final,
         )
     if like.comment is not None:
-        attempt(
+        warnings += reapply(
+            db,
             "comment",
             lambda name: sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                 ident(name), sql.Literal(like.comment)
             ),
+            new,
+            final,
         )
     for what, statement in acl_statements(like):
-        attempt(what, statement)
+        warnings += reapply(db, what, statement, new, final)
     return warnings
+
+
+def reapply(db, what: str, statement, new: str, final: str) -> list[str]:
+    """Run statement(new); on failure, a warning with what to run against `final`, and why."""
+    try:
+        db.execute(statement(new))
+    except psycopg_lib().Error as exc:
+        text = statement(final).as_string(db)
+        return [
+            f"{what} of database {final} not reapplied ({' '.join(str(exc).split())}); "
+            f"have a superuser run: {text};"
+        ]
+    return []
 
 
 def limit_connections(db, new: str, like: DbProps | None, final: str) -> list[str]:
@@ -121,19 +129,15 @@ def limit_connections(db, new: str, like: DbProps | None, final: str) -> list[st
     if like is None or like.connlimit == -1:
         return []
     sql = sql_lib()
-    try:
-        db.execute(
-            sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
-                ident(new), sql.Literal(like.connlimit)
-            )
-        )
-    except psycopg_lib().Error as exc:
-        return [
-            f"connection limit of database {final} not reapplied ({' '.join(str(exc).split())}); "
-            f"have a superuser run: ALTER DATABASE {ident(final).as_string(db)} CONNECTION LIMIT "
-            f"{like.connlimit};"
-        ]
-    return []
+    return reapply(
+        db,
+        "connection limit",
+        lambda name: sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
+            ident(name), sql.Literal(like.connlimit)
+        ),
+        new,
+        final,
+    )
 
 
 def set_statement(dbname: str, setting: Setting):

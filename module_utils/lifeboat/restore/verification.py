@@ -37,7 +37,7 @@ class Census:
     def counts(self, tables) -> dict[str, int]:
         todo = [t for t in dict.fromkeys(tables) if t not in self.known]
         if todo:
-            with self._connect() as db:  # the largest first: they finish last
+            with pg.connect(self.conn) as db:  # the largest first: they finish last
                 todo = [
                     row[0]
                     for row in db.execute(
@@ -52,13 +52,10 @@ class Census:
 
     def analyze(self) -> None:
         """ANALYZE every table, partitioned table and materialized view."""
-        with self._connect() as db:
+        with pg.connect(self.conn) as db:
             relations = [row[0] for row in db.execute(RELATIONS_SQL).fetchall()]
         # Tables the role does not own are skipped with a warning, as ANALYZE does.
         self._spread(relations, lambda db, rel: db.execute(f"ANALYZE {rel}"))
-
-    def _connect(self):
-        return pg.connect(self.conn)
 
     def _spread(self, items: list[str], work) -> dict:
         """work(db, item) for every item, each connection taking the next item when it is
@@ -84,7 +81,7 @@ class Census:
         connections = []
         try:
             for _ in range(min(self.jobs, len(items))):
-                connections.append(self._connect())
+                connections.append(pg.connect(self.conn))
             threads = [threading.Thread(target=run, args=(db,)) for db in connections[1:]]
             for thread in threads:
                 thread.start()
