@@ -28,6 +28,7 @@ import contextlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,10 +72,17 @@ def backup(env: dict, store: Path, fmt: str) -> Path:
 JOBS = [int(j) for j in os.environ.get("LIFEBOAT_BENCH_JOBS", "1,4").split(",")]
 
 
+def quiet(url: str, db: str) -> None:
+    """`db` empty and the other side's database gone: autovacuum, which visits
+    every freshly loaded database, must not work on one while the next side runs."""
+    for name in (TARGET, BASELINE):
+        psql(url, f"DROP DATABASE IF EXISTS {name}")
+    psql(url, f"CREATE DATABASE {db}")
+
+
 def restore(env: dict, path: Path) -> tuple[float, float]:
     """(seconds, swap window ms) of `lifeboat restore` into an existing database."""
-    psql(env["DATABASE_URL"], f"DROP DATABASE IF EXISTS {TARGET}")
-    psql(env["DATABASE_URL"], f"CREATE DATABASE {TARGET}")
+    quiet(env["DATABASE_URL"], TARGET)
     out = {}
 
     def run():
@@ -98,8 +106,7 @@ def restore(env: dict, path: Path) -> tuple[float, float]:
 
 
 def baseline(url: str, path: Path) -> float:
-    psql(url, f"DROP DATABASE IF EXISTS {BASELINE}")
-    psql(url, f"CREATE DATABASE {BASELINE}")
+    quiet(url, BASELINE)
     target = db_url(url, BASELINE)
     return timed(
         f"set -o pipefail; gunzip -c {path} | psql -X -q -v ON_ERROR_STOP=1 "
@@ -149,6 +156,7 @@ def main() -> int:
         parallel, swap_custom = min(customs)
         swap_ms = max(s for _, s in plains)
         swap_custom = max(s for _, s in customs)
+        restore(env, plain)  # the data back in TARGET for what follows
         rows = psql(url, "SELECT sum(n_live_tup) FROM pg_stat_user_tables", db=TARGET)
         # The default path: TARGET (holding the data now) is the configured database,
         # its own newest backup is restored over it, pre-restore backup first.
@@ -196,6 +204,17 @@ def main() -> int:
         + [f"jobs={j} {min(t) / base:.2f}x" for j, t in sorted(by_jobs.items())]
     )
     print(f".sql.gz restore by lifeboat_jobs, vs gunzip | psql: {jobs_line}")
+    # On a shared machine the best of each side may come from different moments;
+    # each round's own pair (run one after the other) is reported too.
+    paired = sorted(p[0] / b for p, b in zip(plains, bases))
+    paired_custom = sorted(c[0] / b for c, b in zip(customs, bases))
+    print(
+        "per-round pairs (lifeboat / gunzip | psql of the same round): .sql.gz "
+        + ", ".join(f"{r:.2f}x" for r in paired)
+        + f" (median {statistics.median(paired):.2f}x); custom -j2 "
+        + ", ".join(f"{r:.2f}x" for r in paired_custom)
+        + f" (median {statistics.median(paired_custom):.2f}x)"
+    )
     print(
         f"default path, restore --latest --confirm over the existing database: "
         f"{default_path:.1f}s with its pre-restore backup ({default_path / base:.2f}x "

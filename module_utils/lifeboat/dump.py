@@ -18,6 +18,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
@@ -83,7 +84,9 @@ class StreamWatch:
     and, for plain SQL, the rows of every COPY block. The same checks run when
     a dump is written, verified and restored."""
 
-    def __init__(self, fmt: str = "plain", guard: bool = False, marks: bool = False):
+    def __init__(
+        self, fmt: str = "plain", guard: bool = False, marks: bool = False, cuts: bool = False
+    ):
         self.fmt = fmt
         self.head = b""
         self.tail = b""
@@ -91,7 +94,7 @@ class StreamWatch:
         self.counter = None
         if fmt == "plain":
             # The guard counts rows too: it lexes the stream as psql will run it.
-            self.counter = sqlguard.PsqlGuard(marks) if guard else CopyCounter()
+            self.counter = sqlguard.PsqlGuard(marks) if guard else CopyCounter(cuts)
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -132,11 +135,17 @@ class CopyCounter:
     the terminator line is unambiguous.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cuts: bool = False) -> None:
         self.rows: dict[str, int] = {}
+        # With cuts=True, (stream offset, kind) where a block's rows begin
+        # (compress.ROWS) and where its terminator line begins (compress.SQL):
+        # where the backup's gzip members are cut.
+        self.cuts: deque | None = deque() if cuts else None
         self._table: str | None = None
         self._count = 0
         self._carry = b""  # start of an unfinished line from the previous chunk
+        self._carry_at = 0  # its stream offset
+        self._at = 0  # stream offset of the chunk being scanned
 
     def feed(self, data: bytes) -> None:
         start = 0
@@ -144,11 +153,17 @@ class CopyCounter:
             nl = data.find(b"\n")
             if nl < 0:
                 self._carry = self._keep(self._carry + data)
+                self._at += len(data)
                 return
-            self._line(self._carry + data[: nl + 1])
+            self._line(self._carry + data[: nl + 1], self._carry_at, self._at + nl + 1)
             self._carry = b""
             start = nl + 1
         self._scan(data, start)
+        self._at += len(data)
+
+    def _cut(self, offset: int, kind: bytes) -> None:
+        if self.cuts is not None:
+            self.cuts.append((offset, kind))
 
     def _keep(self, partial: bytes) -> bytes:
         # Inside COPY only the first bytes matter (is it the terminator?);
@@ -157,20 +172,22 @@ class CopyCounter:
             return partial[:4]
         return partial if b"COPY "[: len(partial)] == partial[:5] else b"--"
 
-    def _line(self, line: bytes) -> None:
+    def _line(self, line: bytes, start: int, end: int) -> None:
         if self._table is not None:
             if line == b"\\.\n":
+                self._cut(start, compress.SQL)
                 self._end()
             else:
                 self._count += 1
         else:
-            self._header(line.rstrip(b"\n"))
+            self._header(line.rstrip(b"\n"), end)
 
-    def _header(self, line: bytes) -> None:
+    def _header(self, line: bytes, end: int) -> None:
         match = _COPY_HEADER.match(line)
         if match:
             self._table = match.group(1).decode("utf-8", "replace")
             self._count = 0
+            self._cut(end, compress.ROWS)
 
     def _end(self) -> None:
         self.rows[self._table] = self.rows.get(self._table, 0) + self._count
@@ -189,9 +206,10 @@ class CopyCounter:
                         self._count += data.count(b"\n", pos, last + 1)
                         pos = last + 1
                     if pos < end:
-                        self._carry = self._keep(data[pos:])
+                        self._carry, self._carry_at = self._keep(data[pos:]), self._at + pos
                     return
                 self._count += data.count(b"\n", pos, idx)
+                self._cut(self._at + idx, compress.SQL)
                 self._end()
                 pos = idx + 3
             else:
@@ -204,13 +222,13 @@ class CopyCounter:
                     last = data.rfind(b"\n", pos)
                     pos = last + 1 if last >= 0 else pos
                     if pos < end:
-                        self._carry = self._keep(data[pos:])
+                        self._carry, self._carry_at = self._keep(data[pos:]), self._at + pos
                     return
                 nl = data.find(b"\n", idx)
                 if nl < 0:
-                    self._carry = self._keep(data[idx:])
+                    self._carry, self._carry_at = self._keep(data[idx:]), self._at + idx
                     return
-                self._header(data[idx:nl])
+                self._header(data[idx:nl], self._at + nl + 1)
                 pos = nl + 1
 
     @property
@@ -271,7 +289,8 @@ def stream_dump(
     started = time.monotonic()
     hasher = HashingWriter(sink)
     codec = opts.compression if opts.fmt == "plain" else "none"
-    watch = StreamWatch(opts.fmt)
+    watch = StreamWatch(opts.fmt, cuts=codec == "gzip")
+    cuts = watch.counter.cuts if watch.counter else None
     with client_env(conn) as child, tempfile.TemporaryFile() as errfile:
         proc = subprocess.Popen(
             pg_dump_argv(pg_dump, conn, opts, None),
@@ -293,7 +312,8 @@ def stream_dump(
 
             def start(level: int):
                 result.level = level
-                return compress.compressor(encryptor or hasher, codec, level, opts.threads)
+                writer = compress.compressor(encryptor or hasher, codec, level, opts.threads)
+                return _Cutter(writer, cuts)
 
             if sample is None:
                 writer = start(compress.check(codec, opts.level) if codec != "none" else 0)
@@ -356,6 +376,38 @@ def stream_dump(
     result.rows = watch.rows
     result.duration = time.monotonic() - started
     return result
+
+
+class _Cutter:
+    """Writes the dump to `writer`, ending a gzip member at each cut the
+    CopyCounter found (compress.GzipMembers). A cut where a `\\.` line starts
+    is found only once its newline is read, so an unfinished last line of up
+    to 2 bytes is held back until the next chunk (a longer one is no `\\.`)."""
+
+    def __init__(self, writer, cuts: deque | None):
+        self.writer = writer
+        self.cuts = cuts
+        self.at = 0  # stream offset of what is written next
+        self.held = b""
+
+    def write(self, data: bytes, final: bool = False) -> None:
+        data = self.held + data if self.held else data
+        keep = len(data) - data.rfind(b"\n") - 1
+        keep = 0 if final or keep > 2 else keep
+        self.held = data[len(data) - keep :] if keep else b""
+        data = data[: len(data) - keep]
+        cuts, at = self.cuts, self.at
+        self.at += len(data)
+        while cuts and cuts[0][0] <= self.at:
+            offset, kind = cuts.popleft()
+            self.writer.write(data[: offset - at])
+            data, at = data[offset - at :], offset
+            self.writer.cut(kind)
+        self.writer.write(data)
+
+    def close(self) -> None:
+        self.write(b"", final=True)
+        self.writer.close()
 
 
 def directory_dump(

@@ -160,6 +160,12 @@ class PsqlGuard:
     def complete(self) -> bool:
         return self._table is None
 
+    def between_rows(self) -> str | None:
+        """The table whose COPY block the stream is in, when everything fed was
+        whole rows of it (whole rows may follow, checked elsewhere by
+        check_rows), else None."""
+        return self._table if self._state == COPY and not self._buf else None
+
     def _run(self, final: bool) -> None:
         buf = self._buf
         pos = self._scan(buf, final)
@@ -472,14 +478,13 @@ class PsqlGuard:
     def _check_data(self, buf: bytes, start: int, stop: int) -> None:
         if buf.find(b"\\", start, stop) < 0:
             return
-        segment = buf[start:stop].replace(b"\\\\", b"")
-        bad = _BAD_ESCAPE.search(segment)
+        bad = _bad_escape(buf[start:stop])
         if bad:
             # Locate it in the original for the line number.
             line = buf[start:stop].split(b"\n")
             offset = start
             for text in line:
-                if _BAD_ESCAPE.search(text.replace(b"\\\\", b"")):
+                if _bad_escape(text):
                     break
                 offset += len(text) + 1
             raise self._refuse(
@@ -496,10 +501,31 @@ class PsqlGuard:
         self._new_statement()
 
 
+def _bad_escape(rows: bytes):
+    return _BAD_ESCAPE.search(rows.replace(b"\\\\", b""))
+
+
+def check_rows(rows: bytes, table: str) -> None:
+    """Whole lines of COPY rows of `table` that did not pass the guard's own lexer
+    (a parallel restore's packed rows): the escapes it allows there, and no NUL.
+    Refused has no line number then (0)."""
+    if b"\0" in rows:
+        raise Refused(0, f"a NUL byte in COPY data of {table} (pg_dump never writes one)")
+    if b"\\" in rows:
+        bad = _bad_escape(rows)
+        if bad:
+            raise Refused(
+                0,
+                f"a backslash escape pg_dump does not write in COPY data of {table} "
+                f"({bad.group().decode('utf-8', 'replace')!r})",
+            )
+
+
 def refused(location: str, exc: Refused) -> VerificationFailed:
     """The error restore, verify and drills raise for a refused stream."""
+    where = f"line {exc.line} holds" if exc.line else "holds"
     return VerificationFailed(
-        f"Backup {location} was refused before psql ran it: line {exc.line} holds {exc.what}.",
+        f"Backup {location} was refused before psql ran it: {where} {exc.what}.",
         "Nothing from that line on was run. The file was changed after pg_dump wrote it, or is "
         "not a pg_dump plain dump: do not restore from it; find out who can write to the store, "
         "and restore another backup (`lifeboat list`).",

@@ -132,7 +132,12 @@ def test_jobs_3_restores_the_same_database_as_jobs_1(pg, lifeboat_env):
 
 def rewrite_gzip(dump: Path, change) -> None:
     """Change the SQL; update the manifest's sha256 and size so only the load can object."""
-    data = gzip.compress(change(gzip.decompress(dump.read_bytes())))
+    replace_dump(dump, gzip.compress(change(gzip.decompress(dump.read_bytes()))))
+
+
+def replace_dump(dump: Path, data: bytes) -> None:
+    """New bytes for a backup, with a manifest to match (as whoever can write to the
+    store, without a manifest key, could do)."""
     dump.write_bytes(data)
     path = Path(f"{dump}.manifest.json")
     manifest = json.loads(path.read_text())

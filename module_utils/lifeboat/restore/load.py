@@ -112,8 +112,16 @@ def load_plain(
 ) -> Loaded:
     """A plain dump through psql (jobs=1) or over `jobs` connections (parallel.py)."""
     watch = dump.StreamWatch("plain", guard=True, marks=jobs > 1)
-    stream = read_plain(source, identity, watch, older_server_fix(server) if server else None)
-    return load_stream(stream, watch, conn, bin_dir, jobs, spill_dir)
+    fix = older_server_fix(server) if server else None
+    stream = read_plain(source, identity, watch, fix, packed=jobs > 1)
+    try:
+        return load_stream(stream, watch, conn, bin_dir, jobs, spill_dir)
+    except sqlguard.Refused as exc:  # packed rows, checked on a worker
+        raise sqlguard.refused(source.location, exc) from None
+    except (compress.Corrupt, parallel.BadRows) as exc:
+        raise VerificationFailed(
+            f"Backup {source.location} is corrupt or truncated ({exc}).", verify.REMEDY
+        ) from None
 
 
 def load_stream(
@@ -121,7 +129,9 @@ def load_stream(
 ) -> Loaded:
     try:
         if jobs > 1:
-            load_parallel(stream, watch.counter, conn, jobs, spill_dir)
+            packed = load_parallel(stream, watch.counter, conn, jobs, spill_dir)
+            for table, rows in packed.items():  # the rows the guard did not count itself
+                watch.counter.rows[table] = watch.counter.rows.get(table, 0) + rows
         else:
             load_psql(stream, conn, bin_dir)
     finally:
@@ -130,14 +140,16 @@ def load_stream(
 
 
 def read_plain(
-    source: Source, identity: str | None, watch: dump.StreamWatch, fix=None
-) -> Iterator[bytes]:
+    source: Source, identity: str | None, watch: dump.StreamWatch, fix=None, packed=False
+) -> Iterator[bytes | compress.Packed]:
     """The dump's SQL, decrypted and decompressed, in pieces the guard has cleared.
 
     Nothing is yielded that the guard (sqlguard.py) has not checked: whole lines
-    only, so no connection ever holds a line the guard has not seen. After the
-    last piece, before the generator ends, the sha256 of the file and the
-    dump's trailer are checked: a consumer commits only once it is exhausted."""
+    only, so no connection ever holds a line the guard has not seen; with
+    `packed`, also COPY rows still compressed where the guard is between rows
+    (see `cleared`). After the last piece, before the generator ends, the
+    sha256 of the file and the dump's trailer are checked: a consumer commits
+    only once it is exhausted."""
     with open(source.path, "rb") as raw:
         tap = dump.HashingReader(raw)
         plain = None
@@ -147,13 +159,16 @@ def read_plain(
                     plain = encrypt.Decryptor(
                         tap, encrypt.check_identity_file(identity, source.location), source.location
                     )
-                reader = compress.decompressor(plain or tap, source.compression)
-                yield from cleared(reader, watch, fix)
+                if packed and source.compression == "gzip":
+                    pieces = compress.members(plain or tap, dump.CHUNK)
+                else:
+                    pieces = chunks(compress.decompressor(plain or tap, source.compression))
+                yield from cleared(pieces, watch, fix)
                 if plain is not None:
                     plain.finish()
             except sqlguard.Refused as exc:
                 raise sqlguard.refused(source.location, exc) from None
-            except (OSError, EOFError, ValueError) as exc:
+            except compress.data_errors() as exc:
                 raise VerificationFailed(
                     f"Backup {source.location} is corrupt or truncated ({exc}).", verify.REMEDY
                 ) from None
@@ -174,18 +189,37 @@ def read_plain(
                 plain.close()
 
 
-def cleared(reader, watch: dump.StreamWatch, fix=None) -> Iterator[bytes]:
-    """What `reader` holds, in whole lines the guard has checked; the rest when it ends."""
+def chunks(reader) -> Iterator[bytes]:
+    while chunk := reader.read(dump.CHUNK):
+        yield chunk
+
+
+def cleared(pieces, watch: dump.StreamWatch, fix=None) -> Iterator[bytes | compress.Packed]:
+    """The stream in whole lines the guard has checked; the rest when it ends.
+
+    A Packed piece (COPY rows still compressed) goes on as it is when the guard
+    is between rows of a COPY block and everything before it went out: the
+    loader inflates it on a worker and checks the rows (parallel.Rows), the
+    guard resumes at the line after them. Anywhere else it is inflated here
+    and checked like the rest."""
     guard = watch.counter
     pending, written = b"", 0
-    while chunk := reader.read(dump.CHUNK):
-        watch.feed(chunk)
-        pending = pending + chunk if pending else chunk
-        if guard.cleared > written:
-            out = pending[: guard.cleared - written]
-            pending = pending[guard.cleared - written :]
-            written = guard.cleared
-            yield fix(out) if fix else out
+    for piece in pieces:
+        if isinstance(piece, compress.Packed):
+            if not pending and guard.between_rows() is not None:
+                yield piece
+                continue
+            inflated = compress.inflate(piece.data, dump.CHUNK)
+        else:
+            inflated = (piece,)
+        for chunk in inflated:
+            watch.feed(chunk)
+            pending = pending + chunk if pending else chunk
+            if guard.cleared > written:
+                out = pending[: guard.cleared - written]
+                pending = pending[guard.cleared - written :]
+                written = guard.cleared
+                yield fix(out) if fix else out
     watch.finish()
     if pending:
         yield fix(pending) if fix else pending
@@ -207,7 +241,7 @@ def load_script(
         )
         try:
             try:
-                stream = cleared(proc.stdout, watch, older_server_fix(server))
+                stream = cleared(chunks(proc.stdout), watch, older_server_fix(server))
                 loaded = load_stream(
                     stream,
                     watch,
@@ -286,10 +320,15 @@ def load_psql(stream: Iterator[bytes], conn: ConnInfo, bin_dir: str | None) -> N
 
 
 def load_parallel(
-    stream: Iterator[bytes], guard, conn: ConnInfo, jobs: int, spill_dir: str | None = None
-) -> None:
+    stream: Iterator[bytes | compress.Packed],
+    guard,
+    conn: ConnInfo,
+    jobs: int,
+    spill_dir: str | None = None,
+) -> dict[str, int]:
     """`jobs` worker connections plus a main one (parallel.py); any failure stops them all.
-    A table whose worker falls behind the stream is spilled to `spill_dir` (parallel.Spill)."""
+    A table whose worker falls behind the stream is spilled to `spill_dir` (parallel.Spill).
+    Returns the packed rows loaded per table, which the guard did not count."""
     import psycopg  # the host venv has it (requirements/host.txt); psql needs nothing
 
     main = pg.connect(conn)
@@ -299,9 +338,13 @@ def load_parallel(
         pool = parallel.Pool(lambda: pg.connect(conn), jobs, spill_dir)
         splitter = parallel.Splitter(guard, main, pool)
         for data in stream:
-            splitter.feed(data)
+            if isinstance(data, compress.Packed):
+                splitter.feed_packed(data)
+            else:
+                splitter.feed(data)
         splitter.finish()
         main.commit()  # the last commit: the stream has checked out
+        return pool.rows
     except BaseException as exc:
         first = pool.error if pool is not None else None
         if pool is not None and first is None:

@@ -10,7 +10,11 @@ worker connections at once:
 - COPY blocks (table data), each to the least busy worker as it is read;
   when that worker falls behind, the rest of its block is parked in a spill
   file (Spill: unnamed, on the store's disk, bounded by its free space) so
-  the stream moves on and the next table loads on another worker meanwhile;
+  the stream moves on and the next table loads on another worker meanwhile.
+  A lifeboat backup's rows come in gzip members of their own
+  (compress.GzipMembers): those go to the worker still compressed (Packed),
+  and the worker inflates, counts and checks them (Rows), so the main
+  thread only reads past them and a spill holds compressed bytes;
   SEQUENCE SET and large-object data keep running in order on the main
   connection meanwhile;
 - a run of INDEX and CONSTRAINT (primary key, unique, exclusion) entries;
@@ -31,7 +35,7 @@ import re
 import tempfile
 import threading
 
-from .. import sqlguard
+from .. import compress, sqlguard
 
 # Entry classes
 COPY, ALONGSIDE, INDEXES, FOREIGN_KEYS, SERIAL = range(5)
@@ -67,6 +71,45 @@ class _Closed(Exception):
     """A worker was told to quit in the middle of a COPY."""
 
 
+class BadRows(ValueError):
+    """Packed rows that are not whole lines (the backup is corrupt or was changed)."""
+
+
+class Rows:
+    """The packed rows of one COPY block, as its worker inflates them: counted,
+    and checked as the guard checks rows it lexes itself (sqlguard.check_rows)."""
+
+    def __init__(self, table: str):
+        self.table = table
+        self.count = 0
+        self._inflater: compress.Inflater | None = None
+        self._tail = b""  # an unfinished line: its rest comes in the next piece
+
+    def unpack(self, data: bytes):
+        if self._inflater is None:
+            self._inflater = compress.Inflater()
+        for rows in self._inflater.feed(data):
+            self.count += rows.count(b"\n")
+            cut = rows.rfind(b"\n") + 1
+            if not cut:
+                self._tail += rows
+            else:
+                # Most rows hold no backslash: then there is nothing to check
+                # and no copy to make.
+                if b"\\" in rows or b"\0" in rows or b"\\" in self._tail:
+                    sqlguard.check_rows(self._tail + rows[:cut], self.table)
+                self._tail = rows[cut:]
+            yield rows
+
+    def end(self) -> None:
+        """Before rows the guard lexed, or the block's end: the packed ones are whole."""
+        if self._inflater is not None:
+            self._inflater.finish()
+            self._inflater = None
+        if self._tail:
+            raise BadRows(f"the rows of {self.table} end in the middle of a line")
+
+
 _BLANK = re.compile(rb"(?:[ \t\r\n]|--[^\n]*\n)*\Z")
 
 
@@ -80,17 +123,19 @@ class Spill:
     worker reads behind it. Unnamed (O_TMPFILE), so nothing is left after a
     crash; at most `limit` bytes, then the main thread waits for the worker."""
 
-    def __init__(self, directory: str, limit: int):
+    def __init__(self, directory: str, limit: int, packed: bool = False):
+        self.packed = packed  # compressed rows (Packed members), or rows as they are
         self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by close()
         self._fd = self._file.fileno()
         self._cond = threading.Condition()
         self.limit = limit
         self.written = 0
         self.read = 0
+        self.weight = 0  # the scheduling weight of what was written (Pool.busy)
         self.done = False
 
     @classmethod
-    def open(cls, directory: str | None) -> Spill | None:
+    def open(cls, directory: str | None, packed: bool) -> Spill | None:
         """A spill on `directory`'s disk, or None when it has no room to spare."""
         if not directory:
             return None
@@ -98,7 +143,7 @@ class Spill:
             fs = os.statvfs(directory)
             free, total = fs.f_bavail * fs.f_frsize, fs.f_blocks * fs.f_frsize
             limit = free - max(1 << 30, int(total * SPILL_RESERVE))
-            return cls(directory, limit) if limit > FLUSH else None
+            return cls(directory, limit, packed) if limit > FLUSH else None
         except OSError:
             return None
 
@@ -158,6 +203,7 @@ class Pool:
         self.spill_dir = spill_dir
         self.spills: list[Spill | None] = [None] * jobs  # the COPY being spilled, per worker
         self.tables = [""] * jobs  # the table each worker's COPY loads (for the log)
+        self.rows: dict[str, int] = {}  # packed rows loaded per table (the guard counts the rest)
         self._opened: list[Spill] = []
         self._lock = threading.Lock()
         self._conns = []
@@ -185,16 +231,20 @@ class Pool:
         self.busy[worker] += size
         self.queues[worker].put(item)
 
-    def put_data(self, worker: int, data: bytes) -> None:
+    def put_data(self, worker: int, data: bytes | compress.Packed) -> None:
         """COPY data for `worker`: queued, or spilled once the worker is behind."""
+        packed = isinstance(data, compress.Packed)
+        weight = data.size if packed else len(data)
+        data = data.data if packed else data
         spill = self.spills[worker]
-        if spill is not None and not spill.room(len(data)):
-            # The disk's share is used: let the worker catch up, then queue again.
+        full = spill is not None and not spill.room(len(data))
+        if full or (spill is not None and spill.packed != packed):
             spill.finish()
-            spill.wait_drained(lambda: self.error is not None)
+            if full:  # the disk's share is used: let the worker catch up, then queue again
+                spill.wait_drained(lambda: self.error is not None)
             self.spills[worker] = spill = None
-        elif spill is None and self.busy[worker] >= SPILL_AFTER:
-            spill = Spill.open(self.spill_dir)
+        if spill is None and not full and self.busy[worker] >= SPILL_AFTER:
+            spill = Spill.open(self.spill_dir, packed)
             if spill is not None:
                 log.info(
                     "loading %s: its connection is behind the stream, so the rest of the "
@@ -205,10 +255,11 @@ class Pool:
                 self.put(worker, ("spill", spill))
                 self.spills[worker] = spill
         if spill is None:
-            self.put(worker, ("data", data), len(data))
+            self.put(worker, ("packed" if packed else "data", data, weight), weight)
             return
         self.check()
-        self.busy[worker] += len(data)
+        self.busy[worker] += weight
+        spill.weight += weight
         spill.write(data)
 
     def end_copy(self, worker: int) -> None:
@@ -274,8 +325,8 @@ class Pool:
                 if kind == "sql":
                     self._sql(conn, item[2])
                     self.busy[index] -= len(item[2])
-                else:  # "copy": the data follows as ("data", bytes) items, then ("end",)
-                    self._copy(index, conn, q, item[2])
+                else:  # "copy": the data follows as data/packed/spill items, then ("end",)
+                    self._copy(index, conn, q, item[2], item[3])
             except _Closed:
                 return
             except BaseException as exc:  # handed to the main thread
@@ -293,47 +344,74 @@ class Pool:
                 if getattr(exc, "sqlstate", None) != DEADLOCK or attempt == 4:
                     raise
 
-    def _copy(self, index: int, conn, q: queue.Queue, statement: bytes) -> None:
-        failed = None
+    def _copy(self, index: int, conn, q: queue.Queue, statement: bytes, table: str) -> None:
+        block = _Block(self, index, Rows(table))
         with conn.cursor() as cur, cur.copy(statement) as copy:
+            block.copy = copy
             while True:
                 item = q.get()
                 try:
                     if item is None:
                         raise _Closed()
                     if item[0] == "end":
+                        block.send(b"", False)  # the packed rows, if any, must be whole
                         break
                     if item[0] == "spill":
-                        failed = self._copy_spill(index, copy, item[1], failed)
+                        self._copy_spill(block, item[1])
                         continue
-                    if failed is None and self.error is None:
-                        try:
-                            copy.write(item[1])
-                        except BaseException as exc:
-                            failed = exc
-                    self.busy[index] -= len(item[1])
+                    block.send(item[1], item[0] == "packed")
+                    self.busy[index] -= item[2]
                 finally:
                     q.task_done()
             # Raised inside the block, so the COPY is aborted, never committed half-done.
-            if failed is not None:
-                raise failed
+            if block.failed is not None:
+                raise block.failed
             if self.error is not None:
                 raise Stop()
+        with self._lock:
+            self.rows[table] = self.rows.get(table, 0) + block.rows.count
         self.busy[index] -= 1 << 20
 
-    def _copy_spill(self, index: int, copy, spill: Spill, failed):
+    def _copy_spill(self, block: _Block, spill: Spill) -> None:
         """The spilled part of a COPY, read as the main thread writes it."""
+        taken = 0
         for data in spill.chunks(lambda: self.error is not None):
-            try:
-                if failed is None:
-                    copy.write(data)
-            except BaseException as exc:
-                failed = failed or exc
-                self.fail(exc)  # stops the reading, and the main thread if it waits on it
-            self.busy[index] -= len(data)
+            block.send(data, spill.packed)
+            weight = int(len(data) * spill.weight / max(spill.written, 1))
+            self.busy[block.index] -= weight
+            taken += weight
+        self.busy[block.index] -= spill.weight - taken
         if spill.drained():  # the main thread is done with it: free its disk space now
             spill.close()
-        return failed
+
+
+class _Block:
+    """One COPY on a worker: rows as they are, or packed ones inflated first.
+    The first failure is kept and stops the restore; the rest is drained."""
+
+    def __init__(self, pool: Pool, index: int, rows: Rows):
+        self.pool = pool
+        self.index = index
+        self.rows = rows
+        self.copy = None
+        self.failed: BaseException | None = None
+        self._packed = False
+
+    def send(self, data: bytes, packed: bool) -> None:
+        if self.failed is not None or self.pool.error is not None:
+            return
+        try:
+            if self._packed and not packed:
+                self.rows.end()
+            self._packed = packed
+            if packed:
+                for rows in self.rows.unpack(data):
+                    self.copy.write(rows)
+            elif data:
+                self.copy.write(data)
+        except BaseException as exc:
+            self.failed = exc
+            self.pool.fail(exc)  # stops the main thread, and the others
 
 
 class Splitter:
@@ -399,11 +477,18 @@ class Splitter:
             elif tag == sqlguard.COPY_START:
                 if mark[2] > end:
                     break
-                self._copy_start(self._take(mark[2]))
+                self._copy_start(self._take(mark[2]), mark[3])
             self.next_mark += 1
         if self.next_mark > 4096:
             del marks[: self.next_mark]
             self.next_mark = 0
+
+    def feed_packed(self, rows: compress.Packed) -> None:
+        """Rows of the COPY block being read, still compressed: the guard found
+        the stream between two of its rows, everything before them fed."""
+        if self.copy_worker is None or self.buf:
+            raise RuntimeError("packed rows outside a COPY block (a lifeboat bug)")
+        self.pool.put_data(self.copy_worker, rows)
 
     def finish(self) -> None:
         self._entry_done()
@@ -502,7 +587,7 @@ class Splitter:
         self.main_prefix = self.prefix
         self.main.execute(text)
 
-    def _copy_start(self, statement: bytes) -> None:
+    def _copy_start(self, statement: bytes, key: str) -> None:
         if self.kind is None:  # a COPY before any TOC comment: the header ends here
             self._entry_done()
         before = b"".join(self.parts)
@@ -516,7 +601,7 @@ class Splitter:
         table = statement[5:].rsplit(b" FROM stdin", 1)[0]
         table = table.rsplit(b" (", 1)[0] if table.endswith(b")") else table
         self.pool.tables[self.copy_worker] = table.decode("utf-8", "replace")
-        self.pool.put(self.copy_worker, ("copy", self.prefix, statement), 1 << 20)
+        self.pool.put(self.copy_worker, ("copy", self.prefix, statement, key), 1 << 20)
 
     def _copy_data(self, stop: int) -> None:
         if stop > self.base:
