@@ -288,7 +288,7 @@ def members(raw: BinaryIO, chunk: int = 1 << 20) -> Iterator[bytes | Packed]:
     as Packed. A member lifeboat did not write (an older backup, a gzip made by
     hand) is inflated with everything after it."""
     while True:
-        head = raw.read(_HEADER.size)
+        head = _read(raw, _HEADER.size)  # a pipe (age -d) may return less per read
         if not head:
             return
         if len(head) < _HEADER.size and _PREFIX.startswith(head[: len(_PREFIX)]):

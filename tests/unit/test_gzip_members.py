@@ -177,9 +177,9 @@ def lifeboat_blob():
     return write_members(TEXT, CUTS, sizes=(4099, 131071))
 
 
-@pytest.mark.parametrize("trickle", [False, True])
+@pytest.mark.parametrize("trickle", [None, 777, 7])  # 7: short reads inside headers too
 def test_members_packs_exactly_the_rows(lifeboat_blob, trickle):
-    raw = Trickle(lifeboat_blob) if trickle else None
+    raw = Trickle(lifeboat_blob, trickle) if trickle else None
     got = pieces(lifeboat_blob, chunk=65536, raw=raw)
     assert [tag for tag, _ in got] == ["S", "D", "S", "D", "D", "S"]
     assert got[0][1] == SQL1
