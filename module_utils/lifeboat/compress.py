@@ -295,7 +295,7 @@ def members(raw: BinaryIO, chunk: int = 1 << 20) -> Iterator[bytes | Packed]:
             raise Corrupt("a gzip member is cut short")
         fields = _HEADER.unpack(head) if len(head) == _HEADER.size else None
         if fields is None or fields[:10] != _OURS or fields[10] not in (SQL, ROWS):
-            yield from _stream(_Joined(head, raw), chunk)
+            yield from chunks(decompressor(_Joined(head, raw), "gzip"), chunk)
             return
         if not len(head) + 8 <= fields[11] <= MEMBER_MAX:
             raise Corrupt(f"a gzip member header gives a size lifeboat never writes ({fields[11]})")
@@ -320,9 +320,9 @@ def _read(raw: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _stream(raw: BinaryIO, chunk: int) -> Iterator[bytes]:
-    reader = decompressor(raw, "gzip")
-    while data := reader.read(chunk):
+def chunks(reader: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    """What `reader` holds, `size` bytes at a time."""
+    while data := reader.read(size):
         yield data
 
 

@@ -160,11 +160,10 @@ class PsqlGuard:
     def complete(self) -> bool:
         return self._table is None
 
-    def between_rows(self) -> str | None:
-        """The table whose COPY block the stream is in, when everything fed was
-        whole rows of it (whole rows may follow, checked elsewhere by
-        check_rows), else None."""
-        return self._table if self._state == COPY and not self._buf else None
+    def between_rows(self) -> bool:
+        """In a COPY block, with everything fed whole rows of it: whole rows may
+        follow here, checked elsewhere (check_rows)."""
+        return self._state == COPY and not self._buf
 
     def _run(self, final: bool) -> None:
         buf = self._buf
@@ -487,12 +486,7 @@ class PsqlGuard:
                 if _bad_escape(text):
                     break
                 offset += len(text) + 1
-            raise self._refuse(
-                buf,
-                offset,
-                f"a backslash escape pg_dump does not write in COPY data of {self._table} "
-                f"({bad.group().decode('utf-8', 'replace')!r})",
-            )
+            raise self._refuse(buf, offset, _escape_refused(bad, self._table))
 
     def _end_copy(self) -> None:
         self.rows[self._table] = self.rows.get(self._table, 0) + self._count
@@ -514,11 +508,14 @@ def check_rows(rows: bytes, table: str) -> None:
     if b"\\" in rows:
         bad = _bad_escape(rows)
         if bad:
-            raise Refused(
-                0,
-                f"a backslash escape pg_dump does not write in COPY data of {table} "
-                f"({bad.group().decode('utf-8', 'replace')!r})",
-            )
+            raise Refused(0, _escape_refused(bad, table))
+
+
+def _escape_refused(bad: re.Match, table: str | None) -> str:
+    return (
+        f"a backslash escape pg_dump does not write in COPY data of {table} "
+        f"({bad.group().decode('utf-8', 'replace')!r})"
+    )
 
 
 def refused(location: str, exc: Refused) -> VerificationFailed:

@@ -162,7 +162,8 @@ def read_plain(
                 if packed and source.compression == "gzip":
                     pieces = compress.members(plain or tap, dump.CHUNK)
                 else:
-                    pieces = chunks(compress.decompressor(plain or tap, source.compression))
+                    reader = compress.decompressor(plain or tap, source.compression)
+                    pieces = compress.chunks(reader, dump.CHUNK)
                 yield from cleared(pieces, watch, fix)
                 if plain is not None:
                     plain.finish()
@@ -189,11 +190,6 @@ def read_plain(
                 plain.close()
 
 
-def chunks(reader) -> Iterator[bytes]:
-    while chunk := reader.read(dump.CHUNK):
-        yield chunk
-
-
 def cleared(pieces, watch: dump.StreamWatch, fix=None) -> Iterator[bytes | compress.Packed]:
     """The stream in whole lines the guard has checked; the rest when it ends.
 
@@ -206,7 +202,7 @@ def cleared(pieces, watch: dump.StreamWatch, fix=None) -> Iterator[bytes | compr
     pending, written = b"", 0
     for piece in pieces:
         if isinstance(piece, compress.Packed):
-            if not pending and guard.between_rows() is not None:
+            if not pending and guard.between_rows():
                 yield piece
                 continue
             inflated = compress.inflate(piece.data, dump.CHUNK)
@@ -241,7 +237,8 @@ def load_script(
         )
         try:
             try:
-                stream = cleared(chunks(proc.stdout), watch, older_server_fix(server))
+                script = compress.chunks(proc.stdout, dump.CHUNK)
+                stream = cleared(script, watch, older_server_fix(server))
                 loaded = load_stream(
                     stream,
                     watch,
