@@ -43,7 +43,7 @@ from . import (
     units,
 )
 from .conninfo import ConnInfo, redact
-from .errors import ConfigError, LifeboatError, VerificationFailed
+from .errors import ConfigError, LifeboatError, LockTimeout, VerificationFailed
 from .settings import Settings, Target
 
 log = logging.getLogger("lifeboat")
@@ -130,9 +130,10 @@ class DrillResult:
             if self.rows_exact
             else f"{self.tables} tables match the manifest, {self.rows} rows restored"
         )
+        dropped = "dropped" if self.scratch_dropped else "left (see the warning)"
         return (
             f"OK {what} (deep): {self.source}{age}: restored on {self.server} in "
-            f"{self.rto_seconds:.1f}s (RTO), {counts}{passed}, scratch database dropped"
+            f"{self.rto_seconds:.1f}s (RTO), {counts}{passed}, scratch database {dropped}"
         )
 
 
@@ -306,7 +307,7 @@ def drill_one(
         name = (source.manifest or {}).get("database") or target.conn.dbname
         queries = queries_for(settings, target.label)
         with restore.admin(server, set()) as db:
-            result.cleaned = cleanup(db)
+            result.cleaned = cleanup(db, settings.lock_timeout)
             for line in result.cleaned:
                 log.warning("cleanup: %s", line)
             result.changed = bool(result.cleaned)
@@ -359,7 +360,7 @@ def drill_one(
                     result.checks.append(f"{len(result.queries)} user check(s) returned true")
             finally:
                 mark = time.monotonic()
-                result.scratch_dropped = _drop_scratch(db, scratch, result)
+                result.scratch_dropped = _drop_scratch(db, scratch, result, settings.lock_timeout)
                 timings["cleanup"] = round(time.monotonic() - mark, 3)
                 with contextlib.suppress(Exception):
                     db.execute("SELECT pg_advisory_unlock(hashtext(%s))", (LOCK_PREFIX + scratch,))
@@ -389,10 +390,13 @@ def scratch_name(dbname: str, now: datetime) -> str:
     return f"{restore.names.base(dbname)}{DRILL_TAG}{now.strftime(restore.names.STAMP)}"
 
 
-def _drop_scratch(db, scratch: str, result: DrillResult) -> bool:
+def _drop_scratch(db, scratch: str, result: DrillResult, wait: float) -> bool:
     try:
-        restore.drop(db, scratch)
+        restore.drop(db, scratch, wait)
         gone = not db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (scratch,)).fetchone()
+    except LockTimeout as exc:  # it names the session in the way, and what to do
+        gone = False
+        result.warnings.append(str(exc))
     except restore.psycopg_lib().Error as exc:
         gone = False
         text = " ".join(str(exc).split())
@@ -403,7 +407,7 @@ def _drop_scratch(db, scratch: str, result: DrillResult) -> bool:
     return gone
 
 
-def cleanup(db) -> list[str]:
+def cleanup(db, wait: float = 60) -> list[str]:
     """Drop scratch databases of drills that died (no session holds their lock)."""
     done = []
     rows = db.execute(
@@ -416,9 +420,9 @@ def cleanup(db) -> list[str]:
         if not db.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
             continue  # a live drill owns it
         try:
-            restore.drop(db, name)
+            restore.drop(db, name, wait)
             done.append(f"dropped scratch database {name} of an interrupted drill")
-        except restore.psycopg_lib().Error as exc:
+        except (restore.psycopg_lib().Error, LockTimeout) as exc:
             log.warning("could not drop %s: %s", name, " ".join(str(exc).split()))
         finally:
             db.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))

@@ -6,11 +6,20 @@ statement of a restore's own sessions (`SET lock_timeout`: block writes,
 swap, drop). When it runs out, the error says who holds the lock (pid, user,
 application, client, since when, the query) from pg_locks/pg_stat_activity,
 and what to do.
+
+DROP DATABASE on PostgreSQL 15 and later also waits, with no lock, until every
+session on the server has closed its files (a ProcSignalBarrier). A session in
+`COPY ... FROM STDIN` whose client stopped sending never does, so the drop would
+wait as long as that client: `barrier_bounded` ends the wait after lock_timeout
+and names those sessions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
+import time
 from dataclasses import dataclass
 
 from . import pg
@@ -39,6 +48,22 @@ DATABASE_HOLDERS = _HOLDERS.format(
 )
 
 
+# Sessions executing a statement while waiting for their client: COPY FROM STDIN
+# whose client sends nothing. (Other roles' sessions are visible only to
+# superusers and pg_read_all_stats.)
+STALLED_CLIENTS = """
+SELECT a.pid, a.usename, a.application_name, host(a.client_addr),
+       coalesce(a.xact_start, a.query_start, a.backend_start), a.state, a.query,
+       coalesce(quote_ident(a.datname), 'no database')
+FROM pg_stat_activity a
+WHERE a.state = 'active' AND a.wait_event = 'ClientRead' AND a.pid <> %(pid)s
+ORDER BY 5
+"""
+# How often the watch looks, and how long a statement runs before it starts looking.
+_LOOK_EVERY = 0.25
+_FIRST_LOOK = 1.0
+
+
 @dataclass
 class Holder:
     pid: int
@@ -51,12 +76,15 @@ class Holder:
     what: str
 
     def describe(self) -> str:
+        return f"{self.what} is held by {self.session()}"
+
+    def session(self) -> str:
         since = self.since.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if self.since else "?"
         query = " ".join((self.query or "").split())
         if len(query) > 200:
             query = query[:200] + "..."
         return (
-            f"{self.what} is held by pid {self.pid} (user {self.user or '?'}, application "
+            f"pid {self.pid} (user {self.user or '?'}, application "
             f"'{self.application or ''}', client {self.client or 'local socket'}, "
             f"{self.state or 'unknown state'} since {since}): {query or '<query not visible>'}"
         )
@@ -71,9 +99,88 @@ def setting(value: int | float) -> str:
     return f"{int(value * 1000)}ms"
 
 
-def holders(db, sql: str = TABLE_HOLDERS, name: str | None = None) -> list[Holder]:
-    rows = db.execute(sql, {"name": name} if name is not None else None).fetchall()
+def holders(db, sql: str = TABLE_HOLDERS, **params) -> list[Holder]:
+    rows = db.execute(sql, params or None).fetchall()
     return [Holder(*row) for row in rows]
+
+
+class _BarrierWatch(threading.Thread):
+    """From its own connection, cancel `db`'s statement after `limit` s on a barrier."""
+
+    def __init__(self, db, limit: float):
+        super().__init__(name="lifeboat-barrier-watch", daemon=True)
+        self.pid = db.info.backend_pid
+        self.dsn = db.info.dsn
+        self.password = db.info.password
+        self.limit = limit
+        self.done = threading.Event()
+        self.stalled: list[Holder] | None = None  # set when it cancelled the statement
+
+    def run(self) -> None:
+        if self.done.wait(_FIRST_LOOK):
+            return  # the usual case: finished before anyone had to look
+        import psycopg
+
+        # Watching is a courtesy: if it cannot connect, the statement waits as before.
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(self.dsn, password=self.password or None, autocommit=True) as watch,
+        ):
+            since = None
+            while not self.done.is_set():
+                row = watch.execute(
+                    "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (self.pid,)
+                ).fetchone()
+                if row and row[0] == "ProcSignalBarrier":
+                    since = since or time.monotonic()
+                    if time.monotonic() - since >= self.limit:
+                        self.stalled = holders(watch, STALLED_CLIENTS, pid=self.pid)
+                        watch.execute("SELECT pg_cancel_backend(%s)", (self.pid,))
+                        return
+                else:
+                    since = None  # a checkpoint or another wait: not what we bound
+                self.done.wait(_LOOK_EVERY)
+
+
+@contextlib.contextmanager
+def barrier_bounded(db, limit: float, action: str, tail: str):
+    """Run a statement on `db` that may wait on a barrier; LockTimeout after `limit` s."""
+    import psycopg
+
+    watch = _BarrierWatch(db, limit)
+    watch.start()
+    try:
+        yield
+    except psycopg.errors.QueryCanceled:
+        watch.done.set()
+        watch.join()
+        if watch.stalled is None:
+            raise
+        raise _barrier_error(action, limit, watch.stalled, tail) from None
+    finally:
+        watch.done.set()
+        watch.join()
+
+
+def _barrier_error(action: str, waited: float, found: list[Holder], tail: str) -> LockTimeout:
+    what = (
+        f"Failed to {action}: waited {seconds(waited)} for every session on the server to "
+        "acknowledge it (PostgreSQL 15 and later wait so), and a session in COPY ... FROM "
+        "STDIN whose client stopped sending never does"
+    )
+    if found:
+        pid = found[0].pid
+        return LockTimeout(
+            f"{what}: " + "; ".join(f"{h.session()} in database {h.what}" for h in found[:3]) + ".",
+            f"Let that client finish or end the session (`SELECT pg_terminate_backend({pid});`). "
+            f"{tail} To wait longer, raise lock_timeout (LIFEBOAT_LOCK_TIMEOUT, "
+            "lifeboat_lock_timeout).",
+        )
+    return LockTimeout(
+        f"{what} (none is visible to this role).",
+        "Look for sessions `state = 'active'` waiting on `ClientRead` in pg_stat_activity as a "
+        f"superuser (or GRANT pg_read_all_stats to this role to have them named). {tail}",
+    )
 
 
 def is_timeout(text: str) -> bool:

@@ -90,6 +90,10 @@ def test_cleanup_leaves_a_running_drills_scratch_alone(app_db, backup_dir, lifeb
     # jobs=1: the psql load, whose psql this test catches
     env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_PLAIN_JOBS="1")
     app_db.sql(SLOW)
+    # Slow to build too: the first drill is paused there. Paused inside COPY instead,
+    # its server session would wait for rows and hold up every DROP DATABASE on the
+    # server (test_restore_locks.py), the second drill's included.
+    app_db.sql("CREATE INDEX slow_flag ON slow ((slow_ok(n)))")
     run_cli(["backup"], env, check=True)
     slow(app_db, True)
     other_dir = backup_dir.parent / "other"
@@ -107,10 +111,10 @@ def test_cleanup_leaves_a_running_drills_scratch_alone(app_db, backup_dir, lifeb
     pattern = f"{app_db.name}\\_\\_lifeboat\\_drill\\_%"
     loading = (
         "SELECT datname FROM pg_stat_activity WHERE datname LIKE "
-        f"'{pattern}' AND query LIKE 'COPY%'"
+        f"'{pattern}' AND query LIKE 'CREATE INDEX slow_flag%'"
     )
     try:
-        scratch = wait_for(lambda: app_db.cluster.psql(loading))
+        scratch = wait_for(lambda: app_db.cluster.psql(f"{loading} AND wait_event = 'PgSleep'"))
         # Frozen mid-restore (drill and psql): it cannot finish before the second
         # drill's cleanup, whatever the machine's speed.
         os.killpg(first.pid, signal.SIGSTOP)

@@ -3,6 +3,7 @@ and a read-only store for `restore --skip-pre-backup`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import time
 
 import psycopg
 import pytest
-from conftest import OWNER, fingerprint, run_cli
+from conftest import OWNER, fingerprint, make_db, run_cli
 from pressure import child_pid, start_cli
 
 from lifeboat import lock
@@ -154,3 +155,75 @@ def test_lock_identity_is_the_server_and_database_not_the_label():
     assert lock.identity(a) == lock.identity(b) == "db.example:5432/shop"
     assert lock.key(a) == lock.key(b) != lock.key(c)
     assert OWNER  # conftest imported: the path setup the integration tests share
+
+
+def stalled_copy(app_db, application: str):
+    """A session in COPY ... FROM STDIN whose client sends nothing, as a hung loader's.
+
+    On PostgreSQL 15 and later it holds up every DROP DATABASE on the server: no
+    lock, so lock_timeout alone never ends that wait. Returns its pid and how to end it."""
+    other = make_db(app_db.cluster, seed=False)
+    loader = psycopg.connect(other.url, application_name=application, autocommit=True)
+    loader.execute("CREATE TABLE feed (line text)")
+    pid = loader.info.backend_pid
+    stack = contextlib.ExitStack()
+    copy = stack.enter_context(loader.cursor().copy("COPY feed FROM STDIN"))  # rows never come
+    state = f"SELECT state || ' ' || wait_event FROM pg_stat_activity WHERE pid = {pid}"
+    assert app_db.cluster.psql(state) == "active ClientRead"
+
+    def end():
+        copy.write(b"fed\n")
+        stack.close()
+        loader.close()
+
+    return pid, end
+
+
+def test_a_stalled_copy_elsewhere_cannot_hang_a_restore_or_a_drill(
+    app_db, pg, backup_dir, lifeboat_env
+):
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_LOCK_TIMEOUT="2")
+    run_cli(["backup"], env, check=True)
+    app_db.sql("INSERT INTO plots (owner_id, title, area_m2) VALUES (1, 'after the backup', 1)")
+    # What an interrupted restore left: dropped first, so it meets the stall too.
+    leftover = f"{app_db.name}__lifeboat_restore_20250101000000"
+    pg.psql(f'CREATE DATABASE "{leftover}" OWNER {OWNER}')
+    pid, end = stalled_copy(app_db, "etl-loader")
+    try:
+        started = time.monotonic()
+        restore = run_cli(
+            ["restore", "--latest", "--confirm", "--skip-pre-backup"], env, timeout=120
+        )
+        restore_took = time.monotonic() - started
+        drill = run_cli(["verify", "--latest", "--deep"], env, timeout=120)
+        # The loader still waits: every bounded drop above really met it.
+        assert pg.psql(f"SELECT wait_event FROM pg_stat_activity WHERE pid = {pid}") == "ClientRead"
+    finally:
+        end()
+    # The restore itself is done and in place; only dropping the replaced copy waited.
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    assert restore_took < 60, restore_took
+    assert app_db.sql("SELECT count(*) FROM plots WHERE title = 'after the backup'") == "0"
+    said = restore.stdout + restore.stderr
+    assert "the restore is done, but the replaced database is left" in said, said
+    assert f"Failed to drop database {app_db.name}__lifeboat_replaced_" in said
+    assert f"pid {pid} (user {OWNER}, application 'etl-loader'" in said
+    assert "COPY feed FROM STDIN" in said and f"pg_terminate_backend({pid})" in said
+    assert f"Failed to drop database {leftover}" in said  # and the restore went on
+    # The drill passed; its scratch database, marked invalid by the cut-short drop, stays.
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    assert "scratch database left (see the warning)" in drill.stdout
+    assert f"Failed to drop database {app_db.name}__lifeboat_drill_" in drill.stdout
+    assert "application 'etl-loader'" in drill.stdout
+    left = leftovers(pg, app_db.name).split()
+    assert len(left) == 3 and leftover in left, left
+    # With the loader gone, the next drill and restore drop what the last ones left.
+    again = run_cli(["verify", "--latest", "--deep"], env, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "of an interrupted drill" in again.stdout
+    again = run_cli(["restore", "--latest", "--confirm", "--skip-pre-backup"], env, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"dropped scratch database {leftover} of an interrupted restore" in again.stdout
+    left = leftovers(pg, app_db.name).split()
+    assert len(left) == 1 and "__lifeboat_replaced_" in left[0], left  # "drop it by hand"
+    pg.psql(f'DROP DATABASE "{left[0]}"')

@@ -102,7 +102,7 @@ def drill_one(settings, target, when: datetime, now: datetime, found: dict) -> N
                 )
             finally:
                 with contextlib.suppress(Exception):
-                    restore.drop(db, scratch)
+                    restore.drop(db, scratch, settings.lock_timeout)
                 with contextlib.suppress(Exception):
                     found["scratch_dropped"] = not db.execute(
                         "SELECT 1 FROM pg_database WHERE datname = %s", (scratch,)

@@ -160,7 +160,9 @@ def restore_one(
                 (pglocks.setting(settings.lock_timeout),),
             )
             journal = journal_path(lock_dir, conn)
-            for line in recover(db, name, find(store.lock_dir(), conn), work_dir):
+            for line in recover(
+                db, name, find(store.lock_dir(), conn), work_dir, settings.lock_timeout
+            ):
                 result.warnings.append(f"cleanup: {line}")
             if not source.path or source.archive:
                 log.info("%s %s", "unpacking" if source.archive else "downloading", source.location)
@@ -268,7 +270,7 @@ def restore_one(
                 )
             except BaseException:
                 with contextlib.suppress(Exception):
-                    drop(db, scratch)
+                    drop(db, scratch, settings.lock_timeout)
                 with contextlib.suppress(Exception):
                     guard.undo()  # if this fails, the journal stays for the next run
                 raise

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .. import (
     dbprops,
     pg,
+    pglocks,
 )
 from ..conninfo import ConnInfo
 from ..errors import (
@@ -131,19 +132,29 @@ def privilege_hint(text: str, conn: ConnInfo | None) -> str:
     return "Restore as the database owner. The original database is untouched."
 
 
-def drop(db, name: str) -> None:
+def drop(db, name: str, wait: float = 60) -> None:
     """DROP DATABASE, ending its sessions first.
 
     WITH (FORCE) ends them in one step, but refuses a role that is not a superuser
     whenever an autovacuum worker is in the database: it counts as another role's
     process. Autovacuum visits every freshly loaded database, so a drill's or a
     restore's scratch often has one. A plain DROP ends autovacuum workers itself, so
-    that is the way then: end the sessions this role may end, and drop."""
+    that is the way then: end the sessions this role may end, and drop.
+
+    A drop stalled by a session elsewhere on the server (pglocks.barrier_bounded)
+    raises LockTimeout after `wait` s; the database is then left marked invalid,
+    and any later drop removes it."""
     psycopg = psycopg_lib()
     statement = sql_lib().SQL("DROP DATABASE IF EXISTS {}").format(ident(name))
+
+    def execute(statement) -> None:
+        tail = f'Any later drop removes it: `DROP DATABASE "{name}"`, or the next run.'
+        with pglocks.barrier_bounded(db, wait, f"drop database {name}", tail):
+            db.execute(statement)
+
     if db.info.server_version >= 130000:
         try:
-            db.execute(statement + sql_lib().SQL(" WITH (FORCE)"))
+            execute(statement + sql_lib().SQL(" WITH (FORCE)"))
             return
         except psycopg.errors.InsufficientPrivilege:
             pass  # autovacuum, or a session this role may not end (the DROP says which)
@@ -155,7 +166,7 @@ def drop(db, name: str) -> None:
                 (name,),
             )
         try:
-            db.execute(statement)  # waits up to 5 s for the sessions to end
+            execute(statement)  # waits up to 5 s for the sessions to end
             return
         except psycopg.errors.ObjectInUse:
             if attempt == 2:

@@ -19,7 +19,7 @@ import os
 
 from .. import lock, storefs
 from ..conninfo import ConnInfo
-from ..errors import LifeboatError, LockBusy
+from ..errors import LifeboatError, LockBusy, LockTimeout
 from .database import admin, databases, db_info, drop, ident, sql_lib
 from .names import REPLACED_TAG, SCRATCH_TAG, leftover
 from .writes import describe_block, read_only_setting, unblock
@@ -116,13 +116,17 @@ def repair(db, dbname: str, state: dict) -> list[str]:
     return done
 
 
-def recover(db, dbname: str, journals: list[str], work_dir: str) -> list[str]:
+def recover(db, dbname: str, journals: list[str], work_dir: str, wait: float = 60) -> list[str]:
     """Undo what a crashed restore of `dbname` left behind; returns what was done."""
     done = repair(db, dbname, _journal_state(journals, dbname))
     names = databases(db)
     for name in names:
         if leftover(dbname, SCRATCH_TAG).match(name):
-            drop(db, name)
+            try:
+                drop(db, name, wait)
+            except LockTimeout as exc:  # a leftover must not stop the restore: a new name
+                log.warning("%s", exc)
+                continue
             done.append(f"dropped scratch database {name} of an interrupted restore")
     for name in sorted(n for n in names if leftover(dbname, REPLACED_TAG).match(n)):
         log.warning(

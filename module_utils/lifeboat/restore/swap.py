@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from .. import pglocks
 from ..conninfo import ConnInfo
 from ..errors import (
+    LockTimeout,
     PermissionDenied,
     RestoreFailed,
 )
@@ -225,7 +226,7 @@ def swap(
         if isinstance(exc, psycopg.errors.LockNotAvailable):
             found = []
             with contextlib.suppress(Exception):
-                found = pglocks.holders(db, pglocks.DATABASE_HOLDERS, name)
+                found = pglocks.holders(db, pglocks.DATABASE_HOLDERS, name=name)
             raise pglocks.timeout_error(
                 f"swap {scratch} into {name}", lock_timeout, found, "Nothing was replaced."
             ) from None
@@ -252,7 +253,9 @@ def swap(
         unblock(db, replaced, blocked)
     else:
         try:
-            drop(db, replaced)
+            drop(db, replaced, lock_timeout)
+        except LockTimeout as exc:  # it names the session in the way, and what to do
+            log.warning("the restore is done, but the replaced database is left: %s", exc)
         except psycopg_lib().Error as exc:
             # The restore is done; a lingering old copy is the lesser harm.
             log.warning(
