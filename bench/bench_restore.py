@@ -10,6 +10,9 @@ drop of the replaced database are included):
 - `lifeboat restore --file FILE.dump --skip-pre-backup` (custom format, -j2)    target <= 0.65x
 - the .sql.gz restore again with LIFEBOAT_BENCH_JOBS (1,4) connections
   (LIFEBOAT_PLAIN_JOBS; 1 is one stock psql), reported
+- `pg_restore -j2 -d EMPTY FILE.dump` alone, reported: the load a custom -j2
+  restore cannot beat, without any of lifeboat's checks (the floor of the
+  0.65x target on this machine)
 Both include lifeboat's checks: size and sha256 before it starts, the
 stream's trailer and per-table row counts while it loads, exact row counts
 (count(*)) after, ANALYZE, then the swap. Then the default path a user runs,
@@ -115,6 +118,13 @@ def baseline(url: str, path: Path) -> float:
     )
 
 
+def raw_pg_restore(url: str, path: Path) -> float:
+    """pg_restore -j2 into an empty database: no checks, counts, ANALYZE or swap."""
+    quiet(url, BASELINE)
+    pg_restore = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_restore"))[-1]
+    return timed([str(pg_restore), "-j2", "-d", db_url(url, BASELINE), str(path)])
+
+
 def main() -> int:
     cluster, url = (
         (None, os.environ["LIFEBOAT_BENCH_URL"])
@@ -135,7 +145,7 @@ def main() -> int:
         custom = backup(env, store, "custom")
         sizes = plain.stat().st_size / 2**20, custom.stat().st_size / 2**20
         # Interleaved rounds, best of each: a noisy neighbour hits all three alike.
-        bases, plains, customs = [], [], []
+        bases, plains, customs, raws = [], [], [], []
         by_jobs: dict[int, list[float]] = {j: [] for j in JOBS if j != 2}
         usage = {}  # CPU of each side in the last round (only on the bench's own cluster)
 
@@ -149,6 +159,7 @@ def main() -> int:
             # the default: plain_jobs 2
             metered("lifeboat .sql.gz", lambda: restore(env, plain), plains)
             metered("lifeboat custom -j2", lambda: restore(env, custom), customs)
+            raws.append(raw_pg_restore(url, custom))
             for jobs, times in by_jobs.items():
                 times.append(restore(dict(env, LIFEBOAT_PLAIN_JOBS=str(jobs)), plain)[0])
         base = min(bases)
@@ -204,6 +215,11 @@ def main() -> int:
         + [f"jobs={j} {min(t) / base:.2f}x" for j, t in sorted(by_jobs.items())]
     )
     print(f".sql.gz restore by lifeboat_jobs, vs gunzip | psql: {jobs_line}")
+    raw = min(raws)
+    print(
+        f"pg_restore -j2 alone (no checks, counts, ANALYZE or swap): {raw:.1f}s, "
+        f"{raw / base:.2f}x gunzip | psql; lifeboat's custom -j2 adds {parallel - raw:.1f}s"
+    )
     # On a shared machine the best of each side may come from different moments;
     # each round's own pair (run one after the other) is reported too.
     paired = sorted(p[0] / b for p, b in zip(plains, bases))

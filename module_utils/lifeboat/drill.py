@@ -329,10 +329,10 @@ def drill_one(
                 loaded = restore.load.load(source, server.with_dbname(scratch), settings)
                 timings["restore"] = round(time.monotonic() - mark, 3)
                 mark = time.monotonic()
-                census = restore.verification.Census(
-                    server.with_dbname(scratch), restore.load.jobs_for(source, settings)
-                )
                 with pg.connect(server, scratch) as sdb:
+                    census = restore.verification.Census(
+                        sdb, server.with_dbname(scratch), restore.load.jobs_for(source, settings)
+                    )
                     _, _, warnings = restore.verification.verify_restored(
                         sdb, source, loaded, census
                     )

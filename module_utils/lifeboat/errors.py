@@ -34,6 +34,10 @@ class ConnectionFailed(LifeboatError):
     """The server did not answer (down, wrong host or port, firewall)."""
 
 
+class TooManyConnections(ConnectionFailed):
+    """No connection slot left: the role's CONNECTION LIMIT or the server's max_connections."""
+
+
 class AuthenticationFailed(LifeboatError):
     """The server refused the credentials."""
 

@@ -8,6 +8,7 @@ major. SQL goes through psycopg 3, imported only when needed.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import shutil
@@ -23,8 +24,11 @@ from .errors import (
     LifeboatError,
     PermissionDenied,
     ToolNotFound,
+    TooManyConnections,
     VersionMismatch,
 )
+
+log = logging.getLogger("lifeboat")
 
 INSTALL_HINT = (
     "Install the PostgreSQL client tools: `sudo apt-get install postgresql-client` "
@@ -122,6 +126,31 @@ def connect(conn: ConnInfo, dbname: str | None = None):
         raise classify(str(exc), target) from None
 
 
+def connect_some(conn: ConnInfo, wanted: int, what: str, have: int = 0) -> list:
+    """Up to `wanted` connections to `conn`, for work that can use fewer: when the
+    role's or the server's connection limit stops them, what opened (a warning).
+    TooManyConnections only if the caller has none (`have`) and none opened."""
+    opened: list = []
+    try:
+        while len(opened) < wanted:
+            opened.append(connect(conn))
+    except TooManyConnections as exc:
+        if not opened and not have:
+            raise
+        log.warning(
+            "%s over %d connection(s), not %d: %s",
+            what,
+            have + len(opened),
+            have + wanted,
+            exc.message,
+        )
+    except BaseException:
+        for db in opened:
+            db.close()
+        raise
+    return opened
+
+
 def classify(message: str, conn: ConnInfo, action: str = "connect to") -> LifeboatError:
     """Turn libpq error text into a typed error with a next step."""
     return explain(message, conn, action) or ConnectionFailed(
@@ -181,6 +210,19 @@ def explain(message: str, conn: ConnInfo, action: str) -> LifeboatError | None:
             "pg_dump must be at least the server's major version: install a newer "
             "postgresql-client (the postgresql_client role can add the PGDG repository), "
             "or point lifeboat_pg_bin_dir at it.",
+        )
+    if (
+        "too many connections" in lowered
+        or "too many clients" in lowered
+        or "connection slots are reserved" in lowered
+    ):
+        return TooManyConnections(
+            f"Failed to {action} {where}: {text}",
+            "The role's CONNECTION LIMIT or the server's max_connections is reached. A "
+            "restore or drill needs 2 connections at least, 3 with a pre-restore backup "
+            "(more make it faster, up to lifeboat_jobs + 3): close idle sessions, or raise "
+            "the limit (`ALTER ROLE "
+            f"{quote_ident(conn.user or 'role')} CONNECTION LIMIT n;`, max_connections).",
         )
     if "not currently accepting connections" in lowered:
         # ALLOW_CONNECTIONS false: what a restore killed during its swap leaves when

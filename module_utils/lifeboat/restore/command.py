@@ -242,16 +242,16 @@ def restore_one(
                 mark = time.monotonic()
                 loaded = load(source, conn.with_dbname(scratch), settings)
                 result.timings["load"] = _since(mark)
-                census = Census(conn.with_dbname(scratch), jobs_for(source, settings))
                 with pg.connect(conn, scratch) as sdb:
+                    census = Census(sdb, conn.with_dbname(scratch), jobs_for(source, settings))
                     mark = time.monotonic()
                     tables, rows, warnings = verify_restored(sdb, source, loaded, census)
                     result.timings["verify"] = _since(mark)
-                # Planner statistics before the swap: the application's first queries
-                # after it get good plans (a drill measures this step too).
-                mark = time.monotonic()
-                census.analyze()
-                result.timings["analyze"] = _since(mark)
+                    # Planner statistics before the swap: the application's first queries
+                    # after it get good plans (a drill measures this step too).
+                    mark = time.monotonic()
+                    census.analyze()
+                    result.timings["analyze"] = _since(mark)
                 result.warnings += limit_connections(db, scratch, like, name)
                 result.tables, result.rows = tables, rows
                 result.warnings += warnings

@@ -111,11 +111,16 @@ def load_plain(
     spill_dir: str | None = None,
 ) -> Loaded:
     """A plain dump through psql (jobs=1) or over `jobs` connections (parallel.py)."""
-    watch = dump.StreamWatch("plain", guard=True, marks=jobs > 1)
-    fix = older_server_fix(server) if server else None
-    stream = read_plain(source, identity, watch, fix, packed=jobs > 1)
+    conns = loaders(conn, jobs)
     try:
-        return load_stream(stream, watch, conn, bin_dir, jobs, spill_dir)
+        watch = dump.StreamWatch("plain", guard=True, marks=bool(conns))
+        fix = older_server_fix(server) if server else None
+        stream = read_plain(source, identity, watch, fix, packed=bool(conns))
+    except BaseException:
+        close_all(conns)
+        raise
+    try:
+        return load_stream(stream, watch, conn, bin_dir, conns, spill_dir)
     except sqlguard.Refused as exc:  # packed rows, checked on a worker
         raise sqlguard.refused(source.location, exc) from None
     except (compress.Corrupt, parallel.BadRows) as exc:
@@ -124,12 +129,32 @@ def load_plain(
         ) from None
 
 
+def loaders(conn: ConnInfo, jobs: int) -> list:
+    """The parallel load's connections, main first: up to jobs + 1, fewer when the
+    role's or the server's connection limit leaves no more. None (one psql) for
+    jobs 1, or when a worker cannot open beside the main connection."""
+    if jobs < 2:
+        return []
+    conns = pg.connect_some(conn, jobs + 1, "loading")
+    if len(conns) < 2:
+        close_all(conns)  # psql's one connection takes its place
+        return []
+    return conns
+
+
+def close_all(conns: list) -> None:
+    for db in conns:
+        with contextlib.suppress(Exception):
+            db.close()
+
+
 def load_stream(
-    stream, watch: dump.StreamWatch, conn: ConnInfo, bin_dir, jobs: int, spill_dir=None
+    stream, watch: dump.StreamWatch, conn: ConnInfo, bin_dir, conns: list, spill_dir=None
 ) -> Loaded:
+    """Through psql when `conns` is empty, else over them (loaders())."""
     try:
-        if jobs > 1:
-            packed = load_parallel(stream, watch.counter, conn, jobs, spill_dir)
+        if conns:
+            packed = load_parallel(stream, watch.counter, conn, conns, spill_dir)
             for table, rows in packed.items():  # the rows the guard did not count itself
                 watch.counter.rows[table] = watch.counter.rows.get(table, 0) + rows
         else:
@@ -225,8 +250,10 @@ def load_script(
     source: Source, pg_restore: str, conn: ConnInfo, settings: Settings, server: int
 ) -> Loaded:
     """An archive as `pg_restore -f -` writes it, through the plain path (guard included)."""
-    watch = dump.StreamWatch("plain", guard=True, marks=settings.plain_jobs > 1)
-    with tempfile.TemporaryFile() as errfile:
+    conns = loaders(conn, settings.plain_jobs)
+    watch = dump.StreamWatch("plain", guard=True, marks=bool(conns))
+    with contextlib.ExitStack() as opened, tempfile.TemporaryFile() as errfile:
+        opened.callback(close_all, conns)  # closed already once the load has run
         proc = subprocess.Popen(
             [pg_restore, "--file=-", source.path],
             stdin=subprocess.DEVNULL,
@@ -240,12 +267,7 @@ def load_script(
                 script = compress.chunks(proc.stdout, dump.CHUNK)
                 stream = cleared(script, watch, older_server_fix(server))
                 loaded = load_stream(
-                    stream,
-                    watch,
-                    conn,
-                    settings.pg_bin_dir,
-                    settings.plain_jobs,
-                    settings.backup_dir,
+                    stream, watch, conn, settings.pg_bin_dir, conns, settings.backup_dir
                 )
             except sqlguard.Refused as exc:
                 raise sqlguard.refused(source.location, exc) from None
@@ -320,19 +342,19 @@ def load_parallel(
     stream: Iterator[bytes | compress.Packed],
     guard,
     conn: ConnInfo,
-    jobs: int,
+    conns: list,
     spill_dir: str | None = None,
 ) -> dict[str, int]:
-    """`jobs` worker connections plus a main one (parallel.py); any failure stops them all.
+    """A main connection and workers, `conns` (parallel.py); any failure stops them all.
     A table whose worker falls behind the stream is spilled to `spill_dir` (parallel.Spill).
     Returns the packed rows loaded per table, which the guard did not count."""
     import psycopg  # the host venv has it (requirements/host.txt); psql needs nothing
 
-    main = pg.connect(conn)
+    main, workers = conns[0], conns[1:]
     main.autocommit = False
     pool = None
     try:
-        pool = parallel.Pool(lambda: pg.connect(conn), jobs, spill_dir)
+        pool = parallel.Pool(workers, spill_dir)
         splitter = parallel.Splitter(guard, main, pool)
         for data in stream:
             if isinstance(data, compress.Packed):
@@ -355,8 +377,7 @@ def load_parallel(
     finally:
         if pool is not None:
             pool.close()
-        with contextlib.suppress(Exception):
-            main.close()
+        close_all(conns)
 
 
 def connection_error(exc, conn: ConnInfo) -> LifeboatError:
@@ -383,6 +404,10 @@ def load_archive(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
     )
     argv = [pg_restore, "--no-password", "--exit-on-error", f"--dbname={conn.conninfo()}"]
     jobs = max(1, settings.jobs)
+    if jobs > 1:  # as many as the connection limits leave: pg_restore -j stops otherwise
+        probe = pg.connect_some(conn, jobs, "pg_restore")
+        jobs = len(probe)
+        close_all(probe)
     argv += [f"--jobs={jobs}"] if jobs > 1 else ["--single-transaction"]
     argv.append(source.path)
     with client_env(conn) as child:

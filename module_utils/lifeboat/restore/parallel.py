@@ -198,7 +198,8 @@ class Spill:
 class Pool:
     """Worker connections fed by queues; the first failure stops everyone."""
 
-    def __init__(self, connect, jobs: int, spill_dir: str | None = None):
+    def __init__(self, conns: list, spill_dir: str | None = None):
+        jobs = len(conns)
         self.error: BaseException | None = None
         self.spill_dir = spill_dir
         self.spills: list[Spill | None] = [None] * jobs  # the COPY being spilled, per worker
@@ -206,16 +207,10 @@ class Pool:
         self.rows: dict[str, int] = {}  # packed rows loaded per table (the guard counts the rest)
         self._opened: list[Spill] = []
         self._lock = threading.Lock()
-        self._conns = []
+        self._conns = conns
         self.queues: list[queue.Queue] = []
         self.busy = [0] * jobs  # bytes queued per worker, to pick the least busy
         self.threads = []
-        try:
-            for _ in range(jobs):
-                self._conns.append(connect())
-        except BaseException:
-            self.close()
-            raise
         for i, conn in enumerate(self._conns):
             q: queue.Queue = queue.Queue(QUEUE_DEPTH)
             self.queues.append(q)

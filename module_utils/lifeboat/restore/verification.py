@@ -28,32 +28,32 @@ ORDER BY pg_total_relation_size(c.oid) DESC, 1
 class Census:
     """Exact row counts (each table counted once) and planner statistics of the
     restored database, over `jobs` connections: both passes read every table, and
-    one session would leave the server's other cores idle after a parallel load."""
+    one session would leave the server's other cores idle after a parallel load.
+    `db` (an open connection to `conn`) is the first of them; the others open as
+    the role's and the server's connection limits allow."""
 
-    def __init__(self, conn: ConnInfo, jobs: int):
-        self.conn, self.jobs = conn, max(1, jobs)
+    def __init__(self, db, conn: ConnInfo, jobs: int):
+        self.db, self.conn, self.jobs = db, conn, max(1, jobs)
         self.known: dict[str, int] = {}
 
     def counts(self, tables) -> dict[str, int]:
         todo = [t for t in dict.fromkeys(tables) if t not in self.known]
         if todo:
-            with pg.connect(self.conn) as db:  # the largest first: they finish last
-                todo = [
-                    row[0]
-                    for row in db.execute(
-                        "SELECT t FROM unnest(%s::text[]) AS t"
-                        " ORDER BY pg_total_relation_size(t::regclass) DESC, 1",
-                        (todo,),
-                    ).fetchall()
-                ]
+            todo = [  # the largest first: they finish last
+                row[0]
+                for row in self.db.execute(
+                    "SELECT t FROM unnest(%s::text[]) AS t"
+                    " ORDER BY pg_total_relation_size(t::regclass) DESC, 1",
+                    (todo,),
+                ).fetchall()
+            ]
             found = self._spread(todo, lambda db, t: pg.exact_counts(db, [t])[t])
             self.known.update(found)
         return {t: self.known[t] for t in tables}
 
     def analyze(self) -> None:
         """ANALYZE every table, partitioned table and materialized view."""
-        with pg.connect(self.conn) as db:
-            relations = [row[0] for row in db.execute(RELATIONS_SQL).fetchall()]
+        relations = [row[0] for row in self.db.execute(RELATIONS_SQL).fetchall()]
         # Tables the role does not own are skipped with a warning, as ANALYZE does.
         self._spread(relations, lambda db, rel: db.execute(f"ANALYZE {rel}"))
 
@@ -78,19 +78,17 @@ class Census:
                         failed.append(exc)
                     return
 
-        connections = []
+        wanted = min(self.jobs, len(items)) - 1
+        others = pg.connect_some(self.conn, wanted, "counts and ANALYZE", have=1) if wanted else []
         try:
-            for _ in range(min(self.jobs, len(items))):
-                connections.append(pg.connect(self.conn))
-            threads = [threading.Thread(target=run, args=(db,)) for db in connections[1:]]
+            threads = [threading.Thread(target=run, args=(db,)) for db in others]
             for thread in threads:
                 thread.start()
-            if connections:
-                run(connections[0])  # this thread works too
+            run(self.db)  # this thread works too
             for thread in threads:
                 thread.join()
         finally:
-            for db in connections:
+            for db in others:
                 db.close()
         if failed:
             raise failed[0]
