@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Callable
 
 from . import compress, encrypt, pg, pglocks, sqlguard
@@ -420,6 +420,11 @@ def directory_dump(
     pg_dump = pg.find_tool("pg_dump", opts.pg_bin_dir)
     result = DumpResult(pg_dump_version=pg.tool_version(pg_dump))
     started = time.monotonic()
+    if opts.jobs > 1:  # pg_dump -j N holds N + 1 connections: fewer if the limits say so
+        probe = pg.connect_some(conn, opts.jobs + 1, "pg_dump")
+        opts = replace(opts, jobs=max(1, len(probe) - 1))
+        for db in probe:
+            db.close()
     with client_env(conn) as child:
         proc = subprocess.run(
             pg_dump_argv(pg_dump, conn, opts, out_dir),

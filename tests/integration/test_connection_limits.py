@@ -81,6 +81,22 @@ def test_restore_and_drill_use_the_connections_left(
     assert leftovers(capped) == ""
 
 
+def test_a_directory_backup_dumps_over_the_connections_left(capped, backup_dir, lifeboat_env):
+    env = dict(lifeboat_env, DATABASE_URL=capped.url, LIFEBOAT_FORMAT="directory")
+    before = fingerprint(capped, superuser=True)
+    limit(capped, 2)  # pg_dump -j2 would need 3
+    try:
+        backup = run_cli(["backup"], dict(env, LIFEBOAT_JOBS="2"), timeout=180)
+    finally:
+        limit(capped, -1)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    assert "pg_dump over 2 connection(s), not 3" in backup.stdout + backup.stderr
+    capped.cluster.psql("TRUNCATE orders", db="capped")
+    restore = run_cli(["restore", "--latest", "--confirm", "--skip-pre-backup"], env, timeout=180)
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    assert fingerprint(capped, superuser=True) == before
+
+
 def test_no_connection_left_fails_before_anything_changes(capped, backup_dir, lifeboat_env):
     env = dict(lifeboat_env, DATABASE_URL=capped.url)
     run_cli(["backup"], env, check=True)
