@@ -110,17 +110,35 @@ def _psycopg():
     return psycopg
 
 
+# (setting, first server version that has it): what connect() turns off.
+SESSION_TIMEOUTS = (
+    ("statement_timeout", 0),
+    ("idle_in_transaction_session_timeout", 90600),
+    ("idle_session_timeout", 140000),
+    ("transaction_timeout", 170000),
+)
+
+
+def timeouts_off(server_version: int) -> str:
+    """PGOPTIONS for a client program's sessions, as connect() sets its own:
+    pg_restore -j's workers sit idle between items, where idle_session_timeout ends them."""
+    return " ".join(f"-c {name}=0" for name, since in SESSION_TIMEOUTS if server_version >= since)
+
+
 def connect(conn: ConnInfo, dbname: str | None = None):
     """An autocommit psycopg connection; libpq errors become lifeboat errors."""
     psycopg = _psycopg()
     target = conn.with_dbname(dbname) if dbname else conn
     try:
         db = psycopg.connect(autocommit=True, **target.psycopg_kwargs())
-        # A database's or role's statement_timeout (ALTER ... SET, copied to a restore's
-        # scratch database too) is for the application: lifeboat's counts and checks of a
-        # large table must not be cut short by it, as pg_dump's and psql's loads are not.
+        # A database's or role's timeouts (ALTER ... SET, copied to a restore's scratch
+        # database too) are for the application, and none of them is fit for lifeboat:
+        # its counts of a large table must not be cut short, as pg_dump's and psql's
+        # loads are not (their scripts set these to 0), and its admin, write-guard and
+        # main load sessions sit idle, or idle in a transaction, while a long load runs.
         # Waits for other sessions' locks stay bounded by lock_timeout (pglocks.py).
-        db.execute("SET statement_timeout = 0")
+        timeouts = [name for name, since in SESSION_TIMEOUTS if db.info.server_version >= since]
+        db.execute("SELECT " + ", ".join("set_config(%s, '0', false)" for _ in timeouts), timeouts)
         return db
     except psycopg.Error as exc:
         raise classify(str(exc), target) from None

@@ -68,7 +68,7 @@ def load(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
         # pg_restore 17 sends `SET transaction_timeout` to any server: load its
         # script output through the plain path, which leaves that line out.
         return load_script(source, pg_restore, conn, settings, server)
-    return load_archive(source, conn, settings)
+    return load_archive(source, conn, settings, server)
 
 
 # SET lines that a newer pg_dump / pg_restore writes whatever the server's
@@ -388,7 +388,7 @@ def connection_error(exc, conn: ConnInfo) -> LifeboatError:
     return load_error("the parallel load", None, redact(text, conn.password), conn)
 
 
-def load_archive(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
+def load_archive(source: Source, conn: ConnInfo, settings: Settings, server: int) -> Loaded:
     pg_restore = pg.find_tool("pg_restore", settings.pg_bin_dir)
     listing = subprocess.run(
         [pg_restore, "--list", source.path],
@@ -411,6 +411,8 @@ def load_archive(source: Source, conn: ConnInfo, settings: Settings) -> Loaded:
     argv += [f"--jobs={jobs}"] if jobs > 1 else ["--single-transaction"]
     argv.append(source.path)
     with client_env(conn) as child:
+        env = child["env"]
+        env["PGOPTIONS"] = " ".join(filter(None, [env.get("PGOPTIONS"), pg.timeouts_off(server)]))
         proc = subprocess.run(
             argv,
             stdin=subprocess.DEVNULL,

@@ -1,5 +1,6 @@
-"""A role at its CONNECTION LIMIT: restores and drills use the connections left.
+"""A role's limits: its CONNECTION LIMIT and its session timeouts.
 
+A role at its CONNECTION LIMIT: restores and drills use the connections left.
 In the field the application's own sessions hold most of its role's slots while
 a restore runs (they are ended only at the swap), or the server is near
 max_connections. lifeboat then loads, counts and analyzes over fewer
@@ -113,3 +114,45 @@ def test_no_connection_left_fails_before_anything_changes(capped, backup_dir, li
     assert f"ALTER ROLE {ROLE} CONNECTION LIMIT n;" in proc.stdout
     assert fingerprint(capped, superuser=True) == before
     assert leftovers(capped) == ""
+
+
+SLOW = """
+CREATE FUNCTION slow_ok(integer) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN PERFORM pg_sleep(0.01); RETURN true; END $$;
+CREATE TABLE slow (n integer CHECK (slow_ok(n)));
+INSERT INTO slow SELECT generate_series(1, 150);
+-- Work for both pg_restore workers once the slow rows are in: the one that sat
+-- idle meanwhile uses its connection again.
+CREATE INDEX slow_n ON slow (n);
+CREATE INDEX slow_next ON slow ((n + 1));
+"""
+
+
+@pytest.mark.parametrize("fmt", ["plain", "custom"])
+def test_the_roles_idle_timeouts_do_not_end_lifeboats_sessions(pg, backup_dir, lifeboat_env, fmt):
+    """idle_session_timeout and idle_in_transaction_session_timeout on the role end
+    sessions that wait: lifeboat's admin and write-guard sessions wait through the
+    whole load (here 1.5 s of CHECKs), its main load session in a transaction, and
+    a pg_restore -j2 worker between items while the other loads the slow table."""
+    role = f"idle_{fmt}"
+    url = pg.create_owner(role, PASSWORD, role)
+    db = AppDB(role, url, pg)
+    pg.psql(f"SET ROLE {role}; {SCHEMA} {SLOW}", db=role)
+    env = dict(lifeboat_env, DATABASE_URL=url, LIFEBOAT_FORMAT=fmt, LIFEBOAT_JOBS="2")
+    run_cli(["backup"], env, check=True)
+    before = fingerprint(db, superuser=True)
+    pg.psql("DELETE FROM orders", db=role)
+    for setting in ("idle_session_timeout", "idle_in_transaction_session_timeout"):
+        pg.psql(f"ALTER ROLE {role} SET {setting} = '300ms'")
+    restore = run_cli(["restore", "--latest", "--confirm"], env, timeout=180)
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    assert "3 tables, 45150 rows verified" in restore.stdout
+    assert fingerprint(db, superuser=True) == before
+    drill = run_cli(["verify", "--latest", "--deep"], env, timeout=180)
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    assert "45150 rows match the manifest" in drill.stdout
+    # The role keeps its settings; they were only kept out of lifeboat's sessions.
+    assert "idle_session_timeout=300ms" in pg.psql(
+        f"SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting"
+        f" WHERE setrole = '{role}'::regrole AND setdatabase = 0"
+    )
