@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import OWNER, fingerprint, make_db, run_cli
 
 
@@ -58,3 +59,27 @@ def test_restore_of_a_database_whose_settings_would_cut_the_counts_short(pg, lif
         f" AND s.setrole = '{OWNER}'::regrole"
     )
     assert setting == "statement_timeout=3ms"  # and the restored database keeps it
+
+
+@pytest.mark.parametrize("fmt", ["plain", "custom"])
+def test_a_database_read_only_by_default_restores_and_stays_so(pg, lifeboat_env, fmt):
+    """`ALTER DATABASE ... SET default_transaction_read_only = on` (a database ops
+    have frozen) is the application's setting: the load, which creates tables, runs
+    as in a fresh database, and the restored database gets the setting back before
+    the swap, as the drill's scratch (which carries no settings) already loaded."""
+    db = make_db(pg)
+    env = dict(lifeboat_env, DATABASE_URL=db.url, LIFEBOAT_FORMAT=fmt)
+    run_cli(["backup"], env, check=True)
+    before = fingerprint(db)
+    db.sql("DELETE FROM plots")
+    pg.psql(f"ALTER DATABASE {db.name} SET default_transaction_read_only = on")
+    proc = run_cli(["restore", "--latest", "--confirm", "--block-writes"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert fingerprint(db) == before
+    setting = pg.psql(
+        "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s"
+        f" JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = '{db.name}'"
+        " AND s.setrole = 0"
+    )
+    assert setting == "default_transaction_read_only=on"
+    assert db.sql("SHOW default_transaction_read_only") == "on"

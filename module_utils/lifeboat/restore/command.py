@@ -34,7 +34,7 @@ from .journal import find, journal_path, recover, remove
 from .load import jobs_for, load
 from .names import replaced_name, scratch_name
 from .request import CONFIRM_HINT, Request, RestoreResult
-from .scratch import create_like, limit_connections
+from .scratch import create_like, finish_like
 from .source import check_decryptable, check_source, resolve_source
 from .swap import Guard, swap
 from .verification import Census, verify_restored
@@ -236,7 +236,6 @@ def restore_one(
             result.scratch = scratch
             try:
                 result.warnings += create_like(db, scratch, like, conn, final=name)
-                guard.fix_copy(scratch)
                 result.changed = True
                 log.info("restoring %s into %s", source.location, scratch)
                 mark = time.monotonic()
@@ -252,7 +251,8 @@ def restore_one(
                     mark = time.monotonic()
                     census.analyze()
                     result.timings["analyze"] = _since(mark)
-                result.warnings += limit_connections(db, scratch, like, name)
+                result.warnings += finish_like(db, scratch, like, name)
+                guard.fix_copy(scratch)
                 result.tables, result.rows = tables, rows
                 result.warnings += warnings
                 mark = time.monotonic()

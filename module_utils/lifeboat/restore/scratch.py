@@ -62,8 +62,10 @@ def create_like(
         parts.append(
             sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(like.icu_locale))
         )
-    # No CONNECTION LIMIT yet: the restore's own connections (a parallel load, the
-    # counts) would count against it; limit_connections sets it before the swap.
+    # No CONNECTION LIMIT or settings yet (finish_like sets them before the swap):
+    # the restore's own connections would count against the limit, and settings such
+    # as default_transaction_read_only or a role's `role` are for the application,
+    # not for the load, which runs as in a fresh database (as `createdb; psql` would).
     owner_error, created = "", False
     if like.owner:
         psycopg = psycopg_lib()
@@ -88,14 +90,6 @@ def create_like(
             f"have a superuser run: {statement.as_string(db)};"
         )
 
-    for setting in like.settings:
-        warnings += reapply(
-            db,
-            f"setting {setting.name}" + (f" for role {setting.role}" if setting.role else ""),
-            lambda name, s=setting: set_statement(name, s),
-            new,
-            final,
-        )
     if like.comment is not None:
         warnings += reapply(
             db,
@@ -124,20 +118,31 @@ def reapply(db, what: str, statement, new: str, final: str) -> list[str]:
     return []
 
 
-def limit_connections(db, new: str, like: DbProps | None, final: str) -> list[str]:
-    """The original's connection limit, set once lifeboat's connections to `new` are closed."""
-    if like is None or like.connlimit == -1:
+def finish_like(db, new: str, like: DbProps | None, final: str) -> list[str]:
+    """The original's settings and connection limit, once the load and its checks are done."""
+    if like is None:
         return []
-    sql = sql_lib()
-    return reapply(
-        db,
-        "connection limit",
-        lambda name: sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
-            ident(name), sql.Literal(like.connlimit)
-        ),
-        new,
-        final,
-    )
+    warnings: list[str] = []
+    for setting in like.settings:
+        warnings += reapply(
+            db,
+            f"setting {setting.name}" + (f" for role {setting.role}" if setting.role else ""),
+            lambda name, s=setting: set_statement(name, s),
+            new,
+            final,
+        )
+    if like.connlimit != -1:
+        sql = sql_lib()
+        warnings += reapply(
+            db,
+            "connection limit",
+            lambda name: sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
+                ident(name), sql.Literal(like.connlimit)
+            ),
+            new,
+            final,
+        )
+    return warnings
 
 
 def set_statement(dbname: str, setting: Setting):
