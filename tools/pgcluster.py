@@ -114,6 +114,8 @@ class Cluster:
                 f"unix_socket_directories = '{self.datadir}'\n"
                 "fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n"
                 "max_connections = 50\n"
+                # tests of prepared transactions (two-phase commit)
+                "max_prepared_transactions = 4\n"
             )
 
     def start(self) -> None:

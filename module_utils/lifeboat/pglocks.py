@@ -28,11 +28,23 @@ from .errors import LifeboatError, LockTimeout
 
 # Locks that make a reader (pg_dump's ACCESS SHARE) wait: only ACCESS EXCLUSIVE
 # (ALTER/DROP/TRUNCATE/VACUUM FULL/CLUSTER/LOCK TABLE) conflicts with it.
+# A prepared transaction (PREPARE TRANSACTION, two-phase commit) holds its locks
+# with no session until COMMIT or ROLLBACK PREPARED: pg_locks shows no pid for it,
+# and its own transaction id lock (same virtualtransaction) leads to its gid.
 _HOLDERS = """
 SELECT DISTINCT a.pid, a.usename, a.application_name, host(a.client_addr),
-       coalesce(a.xact_start, a.query_start, a.backend_start), a.state, a.query, {what}
+       coalesce(a.xact_start, a.query_start, a.backend_start), a.state, a.query, {what},
+       NULL::text, NULL::text
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.granted AND l.pid <> pg_backend_pid() AND {where}
+UNION ALL
+SELECT DISTINCT NULL::int, p.owner, NULL::text, NULL::text, p.prepared, 'prepared',
+       NULL::text, {what}, p.gid, p.database::text
+FROM pg_locks l
+JOIN pg_locks x ON x.virtualtransaction = l.virtualtransaction AND x.pid IS NULL
+     AND x.locktype = 'transactionid'
+JOIN pg_prepared_xacts p ON p.transaction = x.transactionid
+WHERE l.granted AND l.pid IS NULL AND {where}
 ORDER BY 5
 """
 TABLE_HOLDERS = _HOLDERS.format(
@@ -74,12 +86,19 @@ class Holder:
     state: str | None
     query: str | None
     what: str
+    gid: str | None = None  # a prepared transaction's, which has no session (pid None)
+    database: str | None = None  # the prepared transaction's
 
     def describe(self) -> str:
         return f"{self.what} is held by {self.session()}"
 
     def session(self) -> str:
         since = self.since.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if self.since else "?"
+        if self.gid is not None:
+            return (
+                f"prepared transaction '{self.gid}' (owner {self.user or '?'}, database "
+                f"{self.database}, prepared {since}; no session holds it)"
+            )
         query = " ".join((self.query or "").split())
         if len(query) > 200:
             query = query[:200] + "..."
@@ -195,12 +214,25 @@ def timeout_error(
     """`Failed to <action>: waited N s for a lock ...` with the holders and the way out."""
     if found:
         named = "; ".join(h.describe() for h in found[:3])
-        pids = ", ".join(str(h.pid) for h in found[:3])
+        sessions = [h for h in found[:3] if h.gid is None]
+        prepared = [h for h in found[:3] if h.gid is not None]
+        pids = ", ".join(str(h.pid) for h in sessions)
+        ways = []
+        if sessions:
+            ways.append(
+                f"Ask that session to commit or roll back, or end it "
+                f"(`SELECT pg_terminate_backend({sessions[0].pid});`"
+                + (f" for each of {pids}" if len(sessions) > 1 else "")
+                + ")"
+            )
+        for h in prepared:  # only its owner knows whether its work must stay
+            ways.append(
+                f"Have the owner of prepared transaction '{h.gid}' finish it: connected to "
+                f"database {h.database}, `COMMIT PREPARED '{h.gid}';` or "
+                f"`ROLLBACK PREPARED '{h.gid}';`"
+            )
         hint = (
-            f"Ask that session to commit or roll back, or end it "
-            f"(`SELECT pg_terminate_backend({pids.split(', ')[0]});`"
-            + (f" for each of {pids}" if len(found) > 1 else "")
-            + f"), then run again. {tail} To wait longer, raise lock_timeout "
+            "; ".join(ways) + f", then run again. {tail} To wait longer, raise lock_timeout "
             "(LIFEBOAT_LOCK_TIMEOUT, lifeboat_lock_timeout)."
         )
         return LockTimeout(

@@ -227,3 +227,104 @@ def test_a_stalled_copy_elsewhere_cannot_hang_a_restore_or_a_drill(
     left = leftovers(pg, app_db.name).split()
     assert len(left) == 1 and "__lifeboat_replaced_" in left[0], left  # "drop it by hand"
     pg.psql(f'DROP DATABASE "{left[0]}"')
+
+
+def prepared(app_db, gid: str, statement: str) -> None:
+    """A prepared transaction (two-phase commit) left by a transaction manager: it
+    keeps its locks and its database with no session at all."""
+    with psycopg.connect(app_db.url) as manager:
+        manager.execute(statement)
+        manager.execute(f"PREPARE TRANSACTION '{gid}'")
+
+
+def finish(pg, app_db, gid: str) -> None:
+    pg.psql(f"ROLLBACK PREPARED '{gid}'", db=app_db.name)
+
+
+def test_a_prepared_transactions_lock_is_named(app_db, pg, backup_dir, lifeboat_env):
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url, LIFEBOAT_LOCK_TIMEOUT="2")
+    prepared(app_db, "xa-lock-7", "LOCK TABLE plots IN ACCESS EXCLUSIVE MODE")
+    try:
+        proc = run_cli(["backup"], env, timeout=60)
+    finally:
+        finish(pg, app_db, "xa-lock-7")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "plots is held by prepared transaction 'xa-lock-7' (owner app_owner" in proc.stdout
+    assert "no session holds it" in proc.stdout
+    assert "`ROLLBACK PREPARED 'xa-lock-7';`" in proc.stdout
+    assert "pg_terminate_backend" not in proc.stdout  # it has no session to end
+    assert "released before lifeboat could name it" not in proc.stdout
+
+
+def test_a_prepared_transaction_stops_the_restore_before_anything(
+    app_db, pg, backup_dir, lifeboat_env
+):
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
+    run_cli(["backup"], env, check=True)
+    app_db.sql("DELETE FROM plots WHERE id > 1000")
+    before = fingerprint(app_db)
+    prepared(
+        app_db, "xa-order-9", "INSERT INTO plots (owner_id, title, area_m2) VALUES (1, 'x', 1)"
+    )
+    try:
+        started = time.monotonic()
+        proc = run_cli(["restore", "--latest", "--confirm"], env, timeout=120)
+        took = time.monotonic() - started
+        assert fingerprint(app_db) == before
+        assert pg.psql(f"SELECT gid FROM pg_prepared_xacts WHERE database = '{app_db.name}'") == (
+            "xa-order-9"
+        )  # left for its transaction manager
+    finally:
+        finish(pg, app_db, "xa-order-9")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"database {app_db.name} has 1 prepared transaction(s)" in proc.stdout
+    assert "`COMMIT PREPARED 'xa-order-9';` or `ROLLBACK PREPARED 'xa-order-9';`" in proc.stdout
+    assert "Nothing was changed" in proc.stdout
+    assert took < 30, took  # refused up front, not after the load and the swap's retries
+    assert not (backup_dir / "pre-restore").exists() or not any(
+        (backup_dir / "pre-restore").iterdir()
+    )
+    assert leftovers(pg, app_db.name) == ""
+
+
+def test_a_transaction_prepared_during_the_load_stops_the_swap_before_any_cut(
+    app_db, pg, backup_dir, lifeboat_env
+):
+    env = dict(lifeboat_env, DATABASE_URL=app_db.url)
+    # 2 s of CHECKs in the load: time to prepare a transaction meanwhile.
+    app_db.sql(
+        "CREATE FUNCTION slow_ok(integer) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS"
+        " $$ BEGIN PERFORM pg_sleep(0.02); RETURN true; END $$;"
+        " CREATE TABLE slow (n integer CHECK (slow_ok(n)));"
+        " INSERT INTO slow SELECT generate_series(1, 100)"
+    )
+    run_cli(["backup"], env, check=True)
+    before = fingerprint(app_db)
+    restore = start_cli(["restore", "--latest", "--confirm", "--skip-pre-backup"], env)
+    loading = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE "
+        f"'{app_db.name}\\_\\_lifeboat\\_restore\\_%' AND query LIKE 'COPY%slow%'"
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while pg.psql(loading) == "0":
+            assert time.monotonic() < deadline and restore.poll() is None, "no load seen"
+            time.sleep(0.05)
+        insert = "INSERT INTO plots (owner_id, title, area_m2) VALUES (1, 'x', 1)"
+        prepared(app_db, "xa-late-3", insert)
+        still_loading = pg.psql(loading)  # prepared while the load ran, before the swap
+        out, _ = restore.communicate(timeout=120)
+    finally:
+        if restore.poll() is None:
+            restore.kill()
+        with contextlib.suppress(Exception):
+            finish(pg, app_db, "xa-late-3")
+    assert still_loading == "1"
+    assert restore.returncode == 1, out
+    assert f"Failed to swap {app_db.name}__lifeboat_restore_" in out
+    assert "prepared transaction(s)" in out and "'xa-late-3'" in out
+    assert "Nothing was replaced" in out
+    assert fingerprint(app_db) == before
+    allow = f"SELECT datallowconn FROM pg_database WHERE datname = '{app_db.name}'"
+    assert pg.psql(allow) == "t"
+    assert leftovers(pg, app_db.name) == ""

@@ -29,7 +29,7 @@ from ..errors import (
     RestoreRefused,
 )
 from ..settings import Settings, Target
-from .database import admin, db_info, drop, psycopg_lib
+from .database import admin, check_no_prepared, db_info, drop, psycopg_lib
 from .journal import find, journal_path, recover, remove
 from .load import jobs_for, load
 from .names import replaced_name, scratch_name
@@ -164,6 +164,8 @@ def restore_one(
                 db, name, find(store.lock_dir(), conn), work_dir, settings.lock_timeout
             ):
                 result.warnings.append(f"cleanup: {line}")
+            # Before any long step: the swap could never happen.
+            check_no_prepared(db, name, f"restore {name}", tail="Nothing was changed.")
             if not source.path or source.archive:
                 log.info("%s %s", "unpacking" if source.archive else "downloading", source.location)
                 source.fetch(work_dir, settings.encrypt_identity_file)

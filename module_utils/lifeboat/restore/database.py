@@ -15,6 +15,7 @@ from ..errors import (
     ConnectionFailed,
     PermissionDenied,
     RestoreFailed,
+    RestoreRefused,
 )
 
 MAINTENANCE_DBS = ("postgres", "template1")
@@ -33,6 +34,31 @@ class DbInfo:
     allowconn: bool
     comment: str | None
     has_acl: bool
+
+
+def check_no_prepared(db, name: str, action: str, error=RestoreRefused, tail: str = "") -> None:
+    """Refuse while `name` has prepared transactions (two-phase commit): PostgreSQL
+    renames or drops a database only without them, and only their transaction
+    manager may decide their fate, so lifeboat does not roll them back."""
+    rows = db.execute(
+        "SELECT gid, owner, prepared FROM pg_prepared_xacts WHERE database = %s ORDER BY prepared",
+        (name,),
+    ).fetchall()
+    if not rows:
+        return
+    named = "; ".join(
+        f"'{gid}' (owner {owner}, prepared {prepared:%Y-%m-%d %H:%M:%S %Z})"
+        for gid, owner, prepared in rows[:3]
+    )
+    gid = rows[0][0]
+    raise error(
+        f"Failed to {action}: database {name} has {len(rows)} prepared transaction(s) "
+        f"(PREPARE TRANSACTION, two-phase commit): {named}. PostgreSQL cannot rename or drop "
+        "a database while one exists, and only its transaction manager may commit or roll "
+        "it back.",
+        f"Have its owner finish it, connected to database {name}: `COMMIT PREPARED '{gid}';` "
+        f"or `ROLLBACK PREPARED '{gid}';`, then run the restore again. {tail}".strip(),
+    )
 
 
 def db_info(db, name: str) -> DbInfo | None:

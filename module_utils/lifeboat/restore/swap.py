@@ -14,7 +14,16 @@ from ..errors import (
     PermissionDenied,
     RestoreFailed,
 )
-from .database import db_info, drop, ident, privilege_hint, psycopg_lib, run_sql, sql_lib
+from .database import (
+    check_no_prepared,
+    db_info,
+    drop,
+    ident,
+    privilege_hint,
+    psycopg_lib,
+    run_sql,
+    sql_lib,
+)
 from .journal import remove, update_journal
 from .writes import TRUE, Watch, read_only_setting, set_read_only, unblock
 
@@ -161,6 +170,10 @@ def swap(
         )
         outcome.window_ms, outcome.existed = (time.perf_counter() - started) * 1000, False
         return outcome
+    # One prepared during the load: refused before the application is cut off.
+    check_no_prepared(
+        db, name, f"swap {scratch} into {name}", RestoreFailed, "Nothing was replaced."
+    )
     update_journal(
         journal,
         database=name,
