@@ -116,6 +116,8 @@ class Cluster:
                 "max_connections = 50\n"
                 # tests of prepared transactions (two-phase commit)
                 "max_prepared_transactions = 4\n"
+                # half the default lock table: test_many_tables fills it with fewer tables
+                "max_locks_per_transaction = 32\n"
             )
 
     def start(self) -> None:

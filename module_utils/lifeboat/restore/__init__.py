@@ -9,8 +9,8 @@ keeps its intent, made safe:
 2. take a pre-restore backup of the current database (type `pre-restore`);
 3. restore into a scratch database `<db>__lifeboat_restore_<ts>` created like
    the original (owner, encoding, collation, settings, grants), streaming and
-   decompressing on the fly into psql (ON_ERROR_STOP, one transaction) or
-   pg_restore -j;
+   decompressing on the fly into psql (ON_ERROR_STOP) or over several
+   connections (parallel.py), or pg_restore -j;
 4. verify the scratch database (exact row counts against the dump's);
 5. swap: block new connections, terminate the old ones, rename the original
    aside and the scratch database into its name in ONE transaction (so a

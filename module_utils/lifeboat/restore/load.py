@@ -142,6 +142,11 @@ def loaders(conn: ConnInfo, jobs: int) -> list:
     return conns
 
 
+def add_options(env: dict, *options: str) -> None:
+    """Server settings for a client program's sessions, after the user's PGOPTIONS."""
+    env["PGOPTIONS"] = " ".join(filter(None, [env.get("PGOPTIONS"), *options]))
+
+
 def close_all(conns: list) -> None:
     for db in conns:
         with contextlib.suppress(Exception):
@@ -290,7 +295,14 @@ def load_script(
 
 
 def load_psql(stream: Iterator[bytes], conn: ConnInfo, bin_dir: str | None) -> None:
-    """One connection: psql --single-transaction, committed when the stream has checked out."""
+    """One connection: psql, a statement per transaction as `gunzip | psql` does.
+
+    Not --single-transaction: one transaction holds a lock on every table it
+    creates, and a database of thousands of tables overflows the server's lock
+    table (max_locks_per_transaction) where its own creation and a plain psql did
+    not. A failed or refused load leaves nothing behind anyway: the scratch
+    database is dropped. Commits do not wait for the disk (synchronous_commit off):
+    the swap's commit flushes the WAL before it, so the data is durable by then."""
     psql = pg.find_tool("psql", bin_dir)
     argv = [
         psql,
@@ -299,12 +311,12 @@ def load_psql(stream: Iterator[bytes], conn: ConnInfo, bin_dir: str | None) -> N
         "--no-password",
         "-v",
         "ON_ERROR_STOP=1",
-        "--single-transaction",
         f"--dbname={conn.conninfo()}",
         "-f",
         "-",
     ]
     with client_env(conn) as child, tempfile.TemporaryFile() as errfile:
+        add_options(child["env"], "-c synchronous_commit=off")
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -322,7 +334,7 @@ def load_psql(stream: Iterator[bytes], conn: ConnInfo, bin_dir: str | None) -> N
             except BrokenPipeError:
                 broken = True  # psql stopped: its error follows
             if not broken:
-                # Only now, the stream checked, may psql commit: closing stdin ends it.
+                # Only now, the stream checked, may psql end: closing stdin ends it.
                 with contextlib.suppress(BrokenPipeError):
                     proc.stdin.close()
             returncode = proc.wait()
@@ -408,11 +420,11 @@ def load_archive(source: Source, conn: ConnInfo, settings: Settings, server: int
         probe = pg.connect_some(conn, jobs, "pg_restore")
         jobs = len(probe)
         close_all(probe)
-    argv += [f"--jobs={jobs}"] if jobs > 1 else ["--single-transaction"]
+    if jobs > 1:  # else one statement per transaction, as load_psql says why
+        argv.append(f"--jobs={jobs}")
     argv.append(source.path)
     with client_env(conn) as child:
-        env = child["env"]
-        env["PGOPTIONS"] = " ".join(filter(None, [env.get("PGOPTIONS"), pg.timeouts_off(server)]))
+        add_options(child["env"], pg.timeouts_off(server), "-c synchronous_commit=off")
         proc = subprocess.run(
             argv,
             stdin=subprocess.DEVNULL,

@@ -57,6 +57,10 @@ _SETTINGS = re.compile(
     rb"|SELECT pg_catalog\.set_config\('search_path', '[^'\n]*', false\);\r?\n)*"
 )
 QUEUE_DEPTH = 16  # items (1 MiB chunks at most) waiting per worker
+# Entries main runs per transaction: each keeps its locks to the end of it, and a
+# schema of thousands of tables in one would overflow the server's lock table
+# (max_locks_per_transaction x connections: 6,400 by default, shared by all).
+MAIN_BATCH = 500
 SPILL_AFTER = 8 << 20  # bytes queued for a busy worker before the rest of its COPY spills
 SPILL_RESERVE = 0.10  # of the spill disk left free, and at least 1 GiB
 DEADLOCK = "40P01"
@@ -433,6 +437,8 @@ class Splitter:
         self.sets: dict[bytes, bytes] = {}
         self.prefix = b""  # header + session SETs: what a worker runs before an entry
         self.main_prefix = None
+        self.main_entries = 0  # run on main since its last commit
+        self.main_whole = True  # main ran no part of an entry it has not finished
         self.running: int | None = None  # class of work queued on the workers
         self.copy_worker: int | None = None
         self.held: tuple[int, bytes] | None = None  # a parallel entry, waiting for COMMENTs
@@ -510,6 +516,7 @@ class Splitter:
         text = b"".join(self.parts)
         self._release()
         self._main(text[:cut], cls)
+        self.main_whole = False  # no commit before the rest (large-object descriptors)
         self.parts = [text[cut:]]
         self.size = len(self.parts[0])
         self.parts_at += cut
@@ -551,6 +558,7 @@ class Splitter:
             elif not blank(text):
                 self._release()
                 self._main(text, cls)
+        self.main_whole = True
         self.prefix = self.header + b"".join(self.sets.values())
 
     def _release(self) -> None:
@@ -577,6 +585,11 @@ class Splitter:
             self.pool.barrier()
             self.running = None
         self.pool.check()
+        if self.main_whole and self.main_entries >= MAIN_BATCH:
+            if self.main.info.transaction_status != 0:
+                self.main.commit()
+            self.main_entries = 0
+        self.main_entries += 1
         if self.prefix != self.main_prefix and self.kind is not None:
             self.main.execute(self.prefix)
         self.main_prefix = self.prefix

@@ -365,7 +365,7 @@ def check_source(
     refused here. With a manifest, `full=False` checks size and sha256 only: the
     file is then byte for byte what was verified when it was written, and the
     restore stream re-checks the trailer, every table's row count and what may
-    reach psql (sqlguard.py) before psql commits.
+    reach psql (sqlguard.py) before anything is swapped in.
     """
     trusted = None
     if trust is not None and source.manifest is not None:
