@@ -90,17 +90,17 @@ def create_like(
             f"have a superuser run: {statement.as_string(db)};"
         )
 
+    statements = acl_statements(like)
     if like.comment is not None:
-        warnings += reapply(
-            db,
-            "comment",
-            lambda name: sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                ident(name), sql.Literal(like.comment)
+        comment = sql.Literal(like.comment)
+        statements.insert(
+            0,
+            (
+                "comment",
+                lambda name: sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident(name), comment),
             ),
-            new,
-            final,
         )
-    for what, statement in acl_statements(like):
+    for what, statement in statements:
         warnings += reapply(db, what, statement, new, final)
     return warnings
 
@@ -122,27 +122,26 @@ def finish_like(db, new: str, like: DbProps | None, final: str) -> list[str]:
     """The original's settings and connection limit, once the load and its checks are done."""
     if like is None:
         return []
-    warnings: list[str] = []
-    for setting in like.settings:
-        warnings += reapply(
-            db,
-            f"setting {setting.name}" + (f" for role {setting.role}" if setting.role else ""),
-            lambda name, s=setting: set_statement(name, s),
-            new,
-            final,
+    statements = [
+        (
+            f"setting {s.name}" + (f" for role {s.role}" if s.role else ""),
+            lambda name, s=s: set_statement(name, s),
         )
+        for s in like.settings
+    ]
     if like.connlimit != -1:
-        sql = sql_lib()
-        warnings += reapply(
-            db,
-            "connection limit",
-            lambda name: sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
-                ident(name), sql.Literal(like.connlimit)
-            ),
-            new,
-            final,
+        limit = sql_lib().Literal(like.connlimit)
+        statements.append(
+            (
+                "connection limit",
+                lambda name: (
+                    sql_lib()
+                    .SQL("ALTER DATABASE {} CONNECTION LIMIT {}")
+                    .format(ident(name), limit)
+                ),
+            )
         )
-    return warnings
+    return [w for what, statement in statements for w in reapply(db, what, statement, new, final)]
 
 
 def set_statement(dbname: str, setting: Setting):
