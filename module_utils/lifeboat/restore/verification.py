@@ -18,11 +18,32 @@ from .source import Source
 
 # What a database-wide ANALYZE covers, less the system catalogs, largest first.
 RELATIONS_SQL = """
-SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT c.oid::regclass::text, pg_total_relation_size(c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
-ORDER BY pg_total_relation_size(c.oid) DESC, 1
+ORDER BY 2 DESC, 1
 """
+# Tables per statement: a large one alone, small ones together, so a schema of
+# thousands of tables is not thousands of round trips (about 1 ms each).
+BATCH_TABLES = 100
+BATCH_BYTES = 64 << 20
+
+
+def batches(sized: list[tuple[str, int]]) -> list[tuple[str, ...]]:
+    """Group (name, size) pairs, largest first, by BATCH_TABLES and BATCH_BYTES."""
+    groups: list[tuple[str, ...]] = []
+    current: list[str] = []
+    weight = 0
+    for name, size in sized:
+        if current and (len(current) >= BATCH_TABLES or weight + size > BATCH_BYTES):
+            groups.append(tuple(current))
+            current, weight = [], 0
+        current.append(name)
+        weight += size
+    if current:
+        groups.append(tuple(current))
+    return groups
 
 
 class Census:
@@ -39,23 +60,21 @@ class Census:
     def counts(self, tables) -> dict[str, int]:
         todo = [t for t in dict.fromkeys(tables) if t not in self.known]
         if todo:
-            todo = [  # the largest first: they finish last
-                row[0]
-                for row in self.db.execute(
-                    "SELECT t FROM unnest(%s::text[]) AS t"
-                    " ORDER BY pg_total_relation_size(t::regclass) DESC, 1",
-                    (todo,),
-                ).fetchall()
-            ]
-            found = self._spread(todo, lambda db, t: pg.exact_counts(db, [t])[t])
-            self.known.update(found)
+            sized = self.db.execute(  # the largest first: they finish last
+                "SELECT t, pg_total_relation_size(t::regclass) FROM unnest(%s::text[]) AS t"
+                " ORDER BY 2 DESC, 1",
+                (todo,),
+            ).fetchall()
+            found = self._spread(batches(sized), pg.exact_counts)
+            for counts in found.values():
+                self.known.update(counts)
         return {t: self.known[t] for t in tables}
 
     def analyze(self) -> None:
         """ANALYZE every table, partitioned table and materialized view."""
-        relations = [row[0] for row in self.db.execute(RELATIONS_SQL).fetchall()]
+        sized = self.db.execute(RELATIONS_SQL).fetchall()
         # Tables the role does not own are skipped with a warning, as ANALYZE does.
-        self._spread(relations, lambda db, rel: db.execute(f"ANALYZE {rel}"))
+        self._spread(batches(sized), lambda db, group: db.execute(f"ANALYZE {', '.join(group)}"))
 
     def _spread(self, items: list[str], work) -> dict:
         """work(db, item) for every item, each connection taking the next item when it is
