@@ -28,10 +28,18 @@ INSERT INTO orders SELECT g, 1 + g % 5000, g % 997 FROM generate_series(1, 40000
 """
 
 
+# Past one statement of the census's counts (a hundred tables): two connections wanted.
+TENANTS = """
+DO $$ BEGIN FOR i IN 1..120 LOOP
+  EXECUTE format('CREATE TABLE tenant_%s AS SELECT %s AS id', i, i);
+END LOOP; END $$;
+"""
+
+
 @pytest.fixture(scope="module")
 def capped(pg):
     url = pg.create_owner(ROLE, PASSWORD, "capped")
-    pg.psql(f"SET ROLE {ROLE}; {SCHEMA}", db="capped")
+    pg.psql(f"SET ROLE {ROLE}; {SCHEMA} {TENANTS}", db="capped")
     yield AppDB("capped", url, pg)
     pg.psql(f"ALTER ROLE {ROLE} CONNECTION LIMIT -1")
 
@@ -76,9 +84,9 @@ def test_restore_and_drill_use_the_connections_left(
     # The verifying session counts alone only when it took the last slot.
     assert ("counts and ANALYZE over 1 connection(s), not 2" in said) == (slots == 3)
     assert fingerprint(capped, superuser=True) == before
-    assert "2 tables, 45000 rows verified" in restore.stdout
+    assert "122 tables, 45120 rows verified" in restore.stdout
     assert drill.returncode == 0, drill.stdout + drill.stderr
-    assert "2 tables and 45000 rows match the manifest" in drill.stdout
+    assert "122 tables and 45120 rows match the manifest" in drill.stdout
     assert leftovers(capped) == ""
 
 
